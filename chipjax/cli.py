@@ -1,0 +1,271 @@
+"""The ``chipjax`` command: ``explain | predict | layers | convert | fit``.
+
+Every failure the user can fix ends with one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Sequence
+
+from .errors import ChipjaxError, InputError
+
+log = logging.getLogger("chipjax")
+
+DEMO_PHOTO = "skimage:coffee"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print the usage block too)
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="efficientnet_lite0", help="zoo model name (default: efficientnet_lite0)")
+    p.add_argument("--weights", default="pretrained",
+                   help="'pretrained' (shipped weights), 'none' (random init) or a checkpoint path "
+                        "(.pth/.safetensors/.npz or a folder from `chipjax convert`)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
+    p.add_argument("-v", "--verbose", action="store_true", help="log timings")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="chipjax", description="Explain what a convolutional network looks at, with CHIP.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("explain", help="heat map of an image for a class, written as a PNG overlay",
+                       description="Explain IMAGE (or a bundled photo with --demo) and write an overlay PNG.")
+    p.add_argument("image", nargs="?", help="image file (PNG, JPEG, ...)")
+    p.add_argument("--demo", action="store_true", help=f"explain the bundled photo ({DEMO_PHOTO})")
+    p.add_argument("--method", default="chip", help="chip | refined-chip | cam | gradcam | gradcam++ | scorecam | ablationcam | rise")
+    p.add_argument("--layer", default=None, help="tap name (see `chipjax layers`); several, comma-separated, for refined-chip")
+    p.add_argument("--class", dest="target", default=None, help="class index or name (default: top-1)")
+    p.add_argument("--masks", type=int, default=None, help="number of perturbed networks (CHIP, RISE)")
+    p.add_argument("--keep-prob", type=float, default=None, help="channel keep probability (CHIP)")
+    p.add_argument("--lam-ratio", type=float, default=None, help="lasso λ as a fraction of λ_max (CHIP)")
+    p.add_argument("--seed", type=int, default=0, help="mask seed")
+    p.add_argument("--chip-model", default=None, help="folder of a class-level CHIP model from `chipjax fit`")
+    p.add_argument("--out", default=None, help="output PNG (default: chipjax_<image>.png)")
+    _model_args(p)
+    _common(p)
+
+    p = sub.add_parser("predict", help="top-5 classes of an image", description="Print the top-5 classes of IMAGE.")
+    p.add_argument("image", help="image file")
+    p.add_argument("-k", "--top", type=int, default=5, help="how many classes (default 5)")
+    _model_args(p)
+    _common(p)
+
+    p = sub.add_parser("layers", help="list the tappable layers of a model",
+                       description="List every tap name, input to output, with its feature-map shape.")
+    p.add_argument("--shapes", action="store_true", help="also print each tap's feature-map shape")
+    _model_args(p)
+    _common(p)
+
+    p = sub.add_parser("convert", help="convert a torchvision checkpoint to an orbax folder",
+                       description="Read a torchvision state dict (.pth/.safetensors/.npz) with no code execution "
+                                   "and write the Flax variables as an orbax checkpoint.")
+    p.add_argument("--arch", required=True, help="architecture, e.g. resnet50, vgg16_bn")
+    p.add_argument("src", help="input checkpoint")
+    p.add_argument("dst", help="output folder (orbax)")
+    _common(p)
+
+    p = sub.add_parser("fit", help="fit a class-level CHIP model over an image folder",
+                       description="Stream CHIP statistics over a folder of images (one sub-folder per class, or a "
+                                   "boxes.json list) and save the class-level model.")
+    p.add_argument("data", help="image folder")
+    p.add_argument("--out", required=True, help="output folder for the CHIP model")
+    p.add_argument("--layer", default=None, help="tap name (default: the model's last conv stage)")
+    p.add_argument("--masks", type=int, default=2048, help="perturbed networks (default 2048)")
+    p.add_argument("--keep-prob", type=float, default=0.5)
+    p.add_argument("--lam-ratio", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    _model_args(p)
+    _common(p)
+    return parser
+
+
+def _load_model(args):
+    from .models import load_model
+
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    return load_model(args.model, weights=weights)
+
+
+def _demo_image():
+    import skimage.data
+
+    return skimage.data.coffee()
+
+
+def method_options(args) -> dict:
+    """The explain options a method takes, from the command line (unset ones keep the library defaults)."""
+    given = dict(num_masks=args.masks, keep_prob=args.keep_prob, lam_ratio=args.lam_ratio, seed=args.seed)
+    accepted = {"chip": given, "refined-chip": given, "rise": ("num_masks", "seed")}.get(args.method, ())
+    for name, value in given.items():
+        if value is not None and name not in accepted and name != "seed":
+            raise InputError(f"--{name.replace('_', '-').replace('num-masks', 'masks')} does not apply to --method {args.method}")
+    return {k: v for k, v in given.items() if k in accepted and v is not None}
+
+
+def _check_out_path(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise InputError(f"output folder {folder} does not exist; create it or choose another --out")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"output folder {folder} is not writable; choose another --out")
+    return path
+
+
+def cmd_explain(args) -> int:
+    import numpy as np
+
+    from . import explain as ex
+    from . import viz
+    from .models.preprocess import to_rgb_uint8
+
+    if args.demo == bool(args.image):
+        raise InputError("give an IMAGE or --demo (not both)")
+    name = "demo" if args.demo else os.path.splitext(os.path.basename(args.image))[0]
+    out = _check_out_path(args.out or f"chipjax_{name}.png")
+    rgb = _demo_image() if args.demo else to_rgb_uint8(args.image)
+    model = _load_model(args)
+    x = model.preprocess(rgb)
+    options = method_options(args)
+    layer = args.layer
+    if args.method == "refined-chip" and layer:
+        layer = [l.strip() for l in layer.split(",")]
+    if args.chip_model:
+        from .chip import CHIP
+
+        cm = CHIP.load(args.chip_model, model=model, layer=args.layer)
+        options = {"chip_model": cm}
+        layer = cm.layer
+    logits = np.asarray(model(x))[0]
+    target = int(ex.resolve_targets(args.target, logits[None], model.labels)[0])
+    used_layer = layer if layer is not None else (list(model.spec.stage_layers) if args.method == "refined-chip"
+                                                  else model.default_layer)
+    t0 = time.perf_counter()
+    maps = ex.explain(model, x, method=args.method, layer=layer, target=target, **options)
+    maps = np.asarray(maps)
+    log.info("explained in %.2f s", time.perf_counter() - t0)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    layer_text = ",".join(used_layer) if isinstance(used_layer, list) else used_layer
+    viz.overlay(model.view(rgb), maps[0], class_name=model.labels[target], score=float(probs[target]),
+                method=args.method, layer=layer_text, out=out)
+    if not args.quiet:
+        print(f"{model.labels[target]} (class {target}, p={probs[target]:.3f}) — {args.method} @ {layer_text} -> {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from .models.preprocess import to_rgb_uint8
+
+    rgb = to_rgb_uint8(args.image)
+    model = _load_model(args)
+    logits = np.asarray(model(model.preprocess(rgb)))[0]
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    k = max(1, min(args.top, len(probs)))
+    for i in np.argsort(-probs)[:k]:
+        print(f"{probs[i]:.4f}  {i:4d}  {model.labels[i]}")
+    return 0
+
+
+def cmd_layers(args) -> int:
+    model = _load_model(args) if args.shapes else None
+    if model is None:
+        from .models import get_spec, tap_names
+
+        spec = get_spec(args.model)
+        names = tap_names(spec.units, spec.aliases)
+        default = spec.default_layer
+    else:
+        names, default = model.layers, model.default_layer
+    shapes = {}
+    if args.shapes:
+        import jax
+        import jax.numpy as jnp
+
+        x = jax.ShapeDtypeStruct((1, model.input_size, model.input_size, 3), jnp.float32)
+        for n in names:
+            shapes[n] = jax.eval_shape(model.tap(n).head_fn, model.variables, x).shape[1:]
+    for n in names:
+        mark = "  (default)" if n == default else ""
+        shape = f"  {tuple(shapes[n])}" if n in shapes else ""
+        print(f"{n}{shape}{mark}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from . import io as cjio
+    from .models import check_variables, get_spec
+
+    spec = get_spec(args.arch)
+    state = cjio.read_state_dict(args.src)
+    variables = check_variables(spec, spec.convert(state), args.src)
+    parent = os.path.dirname(os.path.abspath(args.dst))
+    if not os.path.isdir(parent):
+        raise InputError(f"output folder {parent} does not exist; create it first")
+    cjio.save_variables(variables, args.dst, {"arch": spec.name, "source": os.path.basename(args.src)})
+    if not args.quiet:
+        print(f"wrote {spec.name} variables to {args.dst}")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from .chip import CHIP
+    from .fit import fit_folder
+
+    model = _load_model(args)
+    cm = fit_folder(model, args.data, layer=args.layer, num_masks=args.masks, keep_prob=args.keep_prob,
+                    lam_ratio=args.lam_ratio, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
+    cm.save(args.out)
+    if not args.quiet:
+        print(f"fitted CHIP on {cm.num_images} images at {cm.layer}; saved to {args.out}")
+    assert isinstance(cm, CHIP)
+    return 0
+
+
+COMMANDS = {"explain": cmd_explain, "predict": cmd_predict, "layers": cmd_layers, "convert": cmd_convert,
+            "fit": cmd_fit}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="chipjax: %(message)s")
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except ChipjaxError as e:
+        print(f"chipjax: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:
+        print(f"chipjax: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("chipjax: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

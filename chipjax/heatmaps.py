@@ -1,0 +1,46 @@
+"""Turning channel weights into heat maps: the part every method shares.
+
+Every method in chipjax (CHIP and the CAM family) ends the same way: a weighted
+sum of the tapped feature maps, a ReLU, bilinear upsampling to the input size and
+a per-image normalisation to [0, 1].
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def weighted_channel_sum(features: jax.Array, weights: jax.Array) -> jax.Array:
+    """``Σ_k weights[b, k] · features[b, ..., k]``.
+
+    Args:
+      features: ``(B, H, W, K)`` feature maps.
+      weights: ``(B, K)`` channel weights (or ``(B, H, W, K)`` for pixel-wise weights).
+    Returns:
+      ``(B, H, W)``.
+    """
+    if weights.ndim == 2:
+        return jnp.einsum("bhwk,bk->bhw", features, weights)
+    return jnp.sum(features * weights, axis=-1)
+
+
+def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Bilinear upsampling (half-pixel centres, like ``align_corners=False``) of ``(B, h, w)`` to ``(B, *size)``."""
+    b = maps.shape[0]
+    return jax.image.resize(maps, (b,) + tuple(size), method="bilinear", antialias=False)
+
+
+def normalize01(maps: jax.Array) -> jax.Array:
+    """Per-map min-max scaling of ``(B, H, W)`` to [0, 1]; a constant map becomes zeros (never NaN)."""
+    maps = jnp.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    hi = maps.max(axis=(1, 2), keepdims=True)
+    span = hi - lo
+    safe = jnp.where(span > 0, span, 1.0)
+    return jnp.where(span > 0, (maps - lo) / safe, 0.0)
+
+
+def heatmap(features: jax.Array, weights: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """``normalize01(upsample(ReLU(Σ_k w_k A_k)))``: ``(B, H, W, K), (B, K) -> (B, *size)`` in [0, 1]."""
+    raw = jax.nn.relu(weighted_channel_sum(features, weights))
+    return normalize01(upsample(raw, size))

@@ -1,0 +1,188 @@
+"""Torch-exact building blocks shared by the zoo architectures (NHWC, inference only).
+
+Each block reproduces its ``torch.nn`` counterpart in eval mode, so weights converted
+from a torchvision state dict give torch's numbers:
+
+* :func:`conv2d`: ``nn.Conv2d`` with explicit symmetric padding (never ``"SAME"``,
+  which pads asymmetrically at stride 2 on even inputs).
+* :class:`BatchNorm`: ``nn.BatchNorm2d.eval()``, normalising with the running statistics.
+* :func:`max_pool2d` / :class:`MaxPool2d`: ``nn.MaxPool2d`` (``-inf`` padding, floor mode).
+* :func:`adaptive_avg_pool2d`: ``nn.AdaptiveAvgPool2d``, the same (overlapping) bins as torch.
+* :func:`flatten_chw`: ``torch.flatten(x, 1)`` of the NCHW tensor, from an NHWC one.
+
+Parameterless steps are small modules too (:class:`ReLU`, :class:`MaxPool2d`,
+:class:`AvgPoolFlatten`) so that every torch layer can be one *unit* of a zoo model.
+Initialisers follow torchvision, so random-init models behave like torchvision's.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+#: torchvision's conv init: ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``.
+KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+#: torch's default ``nn.Linear`` weight init: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+TORCH_LINEAR_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (int(v), int(v)) if np.ndim(v) == 0 else (int(v[0]), int(v[1]))
+
+
+def conv2d(
+    features: int,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    use_bias: bool = True,
+    name: str | None = None,
+) -> nn.Conv:
+    """``torch.nn.Conv2d(in, features, kernel_size, stride, padding, bias=use_bias)`` as a Flax ``nn.Conv``.
+
+    Maps ``(B, H, W, C_in)`` to ``(B, H', W', features)`` with
+    ``H' = floor((H + 2 * padding - kernel) / stride) + 1``. The kernel is HWIO
+    (torch's OIHW weight transposed ``(2, 3, 1, 0)``).
+    """
+    ph, pw = _pair(padding)
+    return nn.Conv(
+        features=features,
+        kernel_size=_pair(kernel_size),
+        strides=_pair(stride),
+        padding=((ph, ph), (pw, pw)),
+        use_bias=use_bias,
+        kernel_init=KAIMING_FAN_OUT,
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
+
+
+def dense(features: int, kernel_init=TORCH_LINEAR_INIT, name: str | None = None) -> nn.Dense:
+    """``torch.nn.Linear(in, features)`` as ``nn.Dense``: ``(B, in) -> (B, features)``; kernel ``(in, out)``."""
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=nn.initializers.zeros, name=name)
+
+
+class BatchNorm(nn.Module):
+    """``torch.nn.BatchNorm2d`` in eval mode: ``(x - running_mean) / sqrt(running_var + eps) * weight + bias``.
+
+    Works on the last axis of ``(..., C)``. Variables: ``params/scale`` (torch ``weight``),
+    ``params/bias``, ``batch_stats/mean`` (``running_mean``), ``batch_stats/var``
+    (``running_var``), all ``(C,)``. Computed as ``x * a + b`` with
+    ``a = scale / sqrt(var + eps)``, ``b = bias - mean * a``, as torch does on CPU.
+    """
+
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32)).value
+        var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32)).value
+        a = scale * lax.rsqrt(var + self.epsilon)
+        return x * a + (bias - mean * a)
+
+
+class ReLU(nn.Module):
+    """``torch.nn.ReLU``: element-wise ``max(x, 0)``; any shape."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.relu(x)
+
+
+def max_pool2d(
+    x: jax.Array,
+    kernel_size: int | Sequence[int],
+    stride: int | Sequence[int] | None = None,
+    padding: int | Sequence[int] = 0,
+) -> jax.Array:
+    """``torch.nn.functional.max_pool2d`` (``ceil_mode=False``) on NHWC ``(B, H, W, C)``.
+
+    Padding cells hold ``-inf``, so they never win, as in torch. Output
+    ``H' = floor((H + 2 * padding - kernel) / stride) + 1``.
+    """
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(kernel_size if stride is None else stride)
+    ph, pw = _pair(padding)
+    return lax.reduce_window(
+        x,
+        jnp.array(-jnp.inf, x.dtype),
+        lax.max,
+        (1, kh, kw, 1),
+        (1, sh, sw, 1),
+        ((0, 0), (ph, ph), (pw, pw), (0, 0)),
+    )
+
+
+class MaxPool2d(nn.Module):
+    """``torch.nn.MaxPool2d(kernel_size, stride, padding)``: see :func:`max_pool2d`."""
+
+    kernel_size: int
+    stride: int
+    padding: int = 0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``(out_size, in_size)`` averaging weights of torch's adaptive pooling along one axis.
+
+    Row ``i`` averages inputs ``[floor(i * in / out), ceil((i + 1) * in / out))``; bins
+    overlap when ``in`` is not a multiple of ``out`` and repeat inputs when ``in < out``.
+    """
+    p = np.zeros((out_size, in_size), np.float32)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)
+        p[i, start:end] = 1.0 / (end - start)
+    return p
+
+
+def _adaptive_avg_pool_axis(x: jax.Array, axis: int, out_size: int) -> jax.Array:
+    in_size = x.shape[axis]
+    if in_size == out_size:
+        return x
+    if in_size % out_size == 0:  # equal, disjoint bins: a reshape and a mean
+        shape = x.shape[:axis] + (out_size, in_size // out_size) + x.shape[axis + 1 :]
+        return x.reshape(shape).mean(axis=axis + 1)
+    p = jnp.asarray(adaptive_pool_matrix(in_size, out_size), x.dtype)
+    y = jnp.tensordot(x, p, axes=((axis,), (1,)), precision=lax.Precision.HIGHEST)
+    return jnp.moveaxis(y, -1, axis)
+
+
+def adaptive_avg_pool2d(x: jax.Array, output_size: int | Sequence[int]) -> jax.Array:
+    """``torch.nn.functional.adaptive_avg_pool2d`` on NHWC: ``(B, H, W, C) -> (B, oh, ow, C)``.
+
+    The averages are exact (``Precision.HIGHEST`` where a matrix product is needed),
+    whatever the global matmul precision.
+    """
+    oh, ow = _pair(output_size)
+    return _adaptive_avg_pool_axis(_adaptive_avg_pool_axis(x, 1, oh), 2, ow)
+
+
+def flatten_chw(x: jax.Array) -> jax.Array:
+    """``torch.flatten(x_nchw, 1)`` from NHWC: ``(B, H, W, C) -> (B, C * H * W)`` in C, H, W order."""
+    return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+
+
+class AvgPoolFlatten(nn.Module):
+    """``nn.AdaptiveAvgPool2d(output_size)`` then ``torch.flatten(·, 1)``: ``(B, H, W, C) -> (B, C * oh * ow)``.
+
+    With ``output_size=(1, 1)`` this is the global average pool of ResNet: ``(B, C)``.
+    """
+
+    output_size: tuple[int, int]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if tuple(self.output_size) == (1, 1):
+            return x.mean(axis=(1, 2))
+        return flatten_chw(adaptive_avg_pool2d(x, self.output_size))

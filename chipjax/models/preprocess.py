@@ -1,0 +1,139 @@
+"""Image loading and preprocessing, numpy + PIL only.
+
+Two steps, kept apart so overlays show exactly what the network saw:
+
+* a *view*: any image -> uint8 ``(S, S, 3)`` (resize, optional centre crop);
+* a *normalisation*: uint8 view -> float32 ``(S, S, 3)`` as the weights expect.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ImageError, InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file fully (so truncation shows now), or raise :class:`ImageError`."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageError(f"image file not found: {path}")
+    if os.path.isdir(path):
+        raise ImageError(f"{path} is a folder, not an image file")
+    if os.path.getsize(path) == 0:
+        raise ImageError(f"image file is empty: {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not an image PIL can read (PNG, JPEG, BMP, TIFF, ...)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"image file {path} is damaged or truncated ({e}); re-export or re-download it") from None
+    return img
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size and arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode == "F":
+        return _array_to_rgb(np.asarray(img))
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise InputError(f"expected an image array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+    if arr.shape[-1] not in (1, 3, 4):
+        raise InputError(f"expected 1, 3 or 4 colour channels (channels last), got shape {arr.shape}")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InputError(f"image has no pixels: shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        out = arr
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise InputError("image array contains NaN or Inf; clean it before explaining")
+        scale = 255.0 if arr.max() <= 1.0 else 1.0
+        out = np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+        hi = 65535.0 if arr.max() > 255 else 255.0
+        out = np.clip(arr.astype(np.float64) / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    else:
+        raise InputError(f"unsupported image dtype {arr.dtype}; use uint8 or float in [0, 1]")
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    elif out.shape[-1] == 4:
+        alpha = out[..., 3:].astype(np.float32) / 255.0
+        out = (out[..., :3] * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(out)
+
+
+def to_rgb_uint8(image) -> np.ndarray:
+    """A path, PIL image or array -> uint8 ``(H, W, 3)``.
+
+    Grayscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image)
+    if hasattr(image, "shape"):
+        return _array_to_rgb(np.asarray(image))
+    raise InputError(f"expected a path, PIL image or HxWx3 array, got {type(image).__name__}")
+
+
+def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear (PIL, antialiased) resize of uint8 ``(H, W, 3)`` to ``size = (H', W')``."""
+    h, w = size
+    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+
+
+def stretch_view(size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """View that resizes the whole image to ``(size, size)``: nothing is cropped."""
+
+    def view(rgb: np.ndarray) -> np.ndarray:
+        return resize(rgb, (size, size))
+
+    return view
+
+
+def resize_crop_view(size: int, resize_to: int) -> Callable[[np.ndarray], np.ndarray]:
+    """torchvision's ``Resize(resize_to)`` (shorter side) then ``CenterCrop(size)``."""
+
+    def view(rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        if h <= w:
+            nh, nw = resize_to, max(1, int(resize_to * w / h))
+        else:
+            nh, nw = max(1, int(resize_to * h / w)), resize_to
+        img = resize(rgb, (nh, nw))
+        top = int(round((nh - size) / 2.0))
+        left = int(round((nw - size) / 2.0))
+        return img[top : top + size, left : left + size]
+
+    return view
+
+
+def mean_std_normalize(mean, std) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 ``(..., 3)`` -> float32 ``((x / 255) - mean) / std``."""
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+
+    def normalize(view: np.ndarray) -> np.ndarray:
+        return ((view.astype(np.float32) / 255.0) - mean) / std
+
+    return normalize
