@@ -77,6 +77,10 @@ def _to_flax(array: np.ndarray, layout: str) -> np.ndarray:
     return array
 
 
+def _unit_index(unit_attr: str) -> int:
+    return int(unit_attr.removeprefix("units_"))
+
+
 def torch_key_table(spec, unit_prefix: Mapping[str, str] | None = None) -> Mapping[str, KeyEntry]:
     """``{torch key: KeyEntry}`` for every variable of the zoo architecture ``spec``.
 
@@ -89,10 +93,11 @@ def torch_key_table(spec, unit_prefix: Mapping[str, str] | None = None) -> Mappi
 
     unit_prefix = dict(unit_prefix or {})
     table: dict[str, KeyEntry] = {}
-    for path, struct in flatten_dict(dict(variable_shapes(spec))).items():
+    flat = flatten_dict(dict(variable_shapes(spec)))
+    for path, struct in sorted(flat.items(), key=lambda item: _unit_index(item[0][1])):  # input to output
         shape = tuple(struct.shape)
         collection, unit_attr, *inner, leaf = path
-        unit = spec.units[int(unit_attr.removeprefix("units_"))]
+        unit = spec.units[_unit_index(unit_attr)]
         prefix = unit_prefix.get(unit, unit)
         key = ".".join(p for p in (prefix, *inner, TORCH_LEAF_NAMES[(collection, leaf)]) if p)
         layout = _layout(leaf, len(shape))

@@ -1,0 +1,408 @@
+"""The CAM-family baselines on chipjax taps: CAM, Grad-CAM, Grad-CAM++, Ablation-CAM, Score-CAM and RISE.
+
+As in pytorch-grad-cam, every CAM method is *a way to compute channel weights*
+``W (B, K)`` for the tapped feature maps ``A (B, H, W, K)``; the ending is shared
+(:func:`chipjax.heatmaps.heatmap`: ``normalize01(upsample(ReLU(Σ_k W_k A_k)))``).
+RISE explains at the input instead and only shares the normalisation.
+
+* gradient methods (``cam``, ``gradcam``, ``gradcam++``) differentiate
+  ``Σ_b logits[b, targets[b]]`` with respect to ``A``: every image gets its own gradient;
+* perturbation methods (``ablationcam``, ``scorecam``, ``rise``) evaluate many
+  perturbed networks ``chunk`` at a time (``lax.map``/``lax.scan``), so peak memory is
+  one chunk of evaluations whatever the channel or mask count. Ablation-CAM uses the
+  CHIP perturbation engine (:func:`chipjax.perturb.perturbed_logits` with masks
+  ``1 − e_k``); Score-CAM and RISE run the full network (head then tail) on masked images.
+
+Every ``*_maps`` function has the signature
+``fn(tap, x (B, S, S, 3), targets (B,) int, *, features=None, **options) -> (B, S, S)``
+in [0, 1] (never NaN) and is listed in :data:`METHODS` for :func:`chipjax.explain`.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import perturb
+from .errors import InputError
+from .heatmaps import heatmap, normalize01, upsample
+from .tap import Tap
+
+#: A gradient whose spatial spread exceeds this fraction of its largest magnitude is "not constant" (CAM check).
+CAM_TOLERANCE = 1e-4
+
+# ------------------------------------------------------------------------------------------------
+# Chunked evaluation (generic; belongs next to the perturbation engine in perturb.py)
+# ------------------------------------------------------------------------------------------------
+
+
+def map_in_chunks(fn: Callable[[jax.Array], Any], num_items: int, chunk: int) -> Any:
+    """``fn`` over the items ``0 … num_items−1``, ``chunk`` items per step.
+
+    Args:
+      fn: ``indices (c,) int -> pytree of (c, ...)``, pure (called under ``lax.map``).
+      num_items: N.
+      chunk: items per step; ``lax.map`` runs the ``N // chunk`` full chunks, one more
+        call runs the remainder, so the result does not depend on ``chunk`` (for
+        functions that treat items independently).
+    Returns:
+      The pytree of ``(N, ...)``: the outputs of all items, in order.
+    """
+    full, rest = divmod(num_items, chunk)
+    parts = []
+    if full:
+        out = jax.lax.map(fn, jnp.arange(full * chunk).reshape(full, chunk))
+        parts.append(jax.tree_util.tree_map(lambda a: a.reshape((full * chunk,) + a.shape[2:]), out))
+    if rest:
+        parts.append(fn(full * chunk + jnp.arange(rest)))
+    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
+
+
+def sum_in_chunks(fn: Callable[[jax.Array], Any], num_items: int, chunk: int) -> Any:
+    """``Σ_chunks fn(indices)`` over the items ``0 … num_items−1``, ``chunk`` items per step.
+
+    Args:
+      fn: ``indices (c,) int -> pytree`` (the sum over those items), pure.
+      num_items: N.
+      chunk: items per step (``lax.scan`` over the full chunks, then the remainder).
+    Returns:
+      The pytree summed over every chunk; memory is one chunk whatever N.
+    """
+    full, rest = divmod(num_items, chunk)
+    shapes = jax.eval_shape(fn, jnp.arange(min(chunk, num_items)))
+    total = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    add = partial(jax.tree_util.tree_map, jnp.add)
+    if full:
+        total, _ = jax.lax.scan(lambda acc, idx: (add(acc, fn(idx)), None), total,
+                                jnp.arange(full * chunk).reshape(full, chunk))
+    if rest:
+        total = add(total, fn(full * chunk + jnp.arange(rest)))
+    return total
+
+
+def target_scores(logits: jax.Array, targets: jax.Array, score: str) -> jax.Array:
+    """``(..., B, C)`` logits -> ``(..., B)`` score of each image's own target (``prob``, ``logit`` or ``logprob``)."""
+    y = perturb.scores_from_logits(logits.astype(jnp.float32), score)
+    index = jnp.broadcast_to(targets[:, None], y.shape[:-1] + (1,))
+    return jnp.take_along_axis(y, index, axis=-1)[..., 0]
+
+
+def full_logits(head_fn: Callable, tail_fn: Callable, variables: Any, x: jax.Array) -> jax.Array:
+    """The whole network, head then tail: ``(N, S, S, 3) -> (N, C)``."""
+    return tail_fn(variables, head_fn(variables, x))
+
+
+# ------------------------------------------------------------------------------------------------
+# Channel weights, one function per method: (..., A (B, H, W, K), targets (B,)) -> W (B, K)
+# ------------------------------------------------------------------------------------------------
+
+
+@partial(jax.jit, static_argnames=("tail_fn",))
+def target_gradients(tail_fn: Callable, variables: Any, features: jax.Array, targets: jax.Array) -> jax.Array:
+    """``∂ logits[b, targets[b]] / ∂ A[b]`` for every image b: ``(B, H, W, K)``.
+
+    The sum over the batch is differentiated, so each image gets its own gradient
+    (the tail treats images independently: inference-mode batch norm).
+    """
+
+    def total(a):
+        return jnp.sum(target_scores(tail_fn(variables, a), targets, "logit"))
+
+    return jax.grad(total)(features)
+
+
+def gradcam_weights(grads: jax.Array) -> jax.Array:
+    """Grad-CAM (Selvaraju et al. 2017): the spatial mean of the gradient, ``(B, H, W, K) -> (B, K)``."""
+    return grads.mean(axis=(1, 2))
+
+
+def gradcampp_weights(features: jax.Array, grads: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19 with ``Y = exp(S)``), as pytorch-grad-cam computes it.
+
+    ``α = g² / (2 g² + (Σ_hw A) · g³ + eps)`` (zero where ``g = 0``), ``W_k = Σ_hw α · ReLU(g)``.
+
+    Args:
+      features: ``(B, H, W, K)``; grads: ``(B, H, W, K)`` gradient of the target logit.
+    Returns:
+      ``(B, K)``.
+    """
+    g2 = grads * grads
+    g3 = g2 * grads
+    sum_a = features.sum(axis=(1, 2), keepdims=True)
+    alpha = g2 / (2.0 * g2 + sum_a * g3 + eps)
+    alpha = jnp.where(grads != 0, alpha, 0.0)
+    return jnp.sum(alpha * jax.nn.relu(grads), axis=(1, 2))
+
+
+def cam_weights(grads: jax.Array) -> jax.Array:
+    """CAM (Zhou et al. 2016): ``∂ logit / ∂ pooled features`` = the fc weights of the target, ``(B, H, W, K) -> (B, K)``.
+
+    For a tail ``logits = V · mean_hw(A) + b`` the gradient is ``V[:, c] / (H W)`` at every
+    position, so the sum over positions is ``V[:, c]``.
+    """
+    return grads.sum(axis=(1, 2))
+
+
+def spatial_spread(grads: jax.Array) -> jax.Array:
+    """How far each image's gradient is from spatially constant: ``max |g − mean_hw g| / max |g|``, ``(B,)``."""
+    dev = jnp.abs(grads - grads.mean(axis=(1, 2), keepdims=True)).max(axis=(1, 2, 3))
+    top = jnp.abs(grads).max(axis=(1, 2, 3))
+    return jnp.where(top > 0, dev / jnp.where(top > 0, top, 1.0), 0.0)
+
+
+@partial(jax.jit, static_argnames=("tail_fn", "chunk", "score"))
+def ablation_weights(tail_fn: Callable, variables: Any, features: jax.Array, targets: jax.Array, *, chunk: int,
+                     score: str = "logit") -> jax.Array:
+    """Ablation-CAM (Desai & Ramaswamy 2020), as pytorch-grad-cam computes it.
+
+    ``W_k = (y − y^(k)) / y`` with ``y`` the target score and ``y^(k)`` the score with
+    channel k of ``A`` zeroed: the perturbation engine with masks ``1 − e_k``.
+
+    Args:
+      features: ``(B, H, W, K)``; targets: ``(B,)``.
+      chunk: channels ablated per step (``chunk · B`` tail evaluations).
+      score: ``logit`` (pytorch-grad-cam's ``ClassifierOutputTarget``), ``prob`` or ``logprob``.
+    Returns:
+      ``(B, K)``; 0 where the unperturbed score is 0.
+    """
+    num_channels = features.shape[-1]
+    y = target_scores(tail_fn(variables, features), targets, score)  # (B,)
+
+    def ablated(idx):  # (c,) -> (c, B)
+        masks = 1.0 - jax.nn.one_hot(idx, num_channels, dtype=features.dtype)
+        return target_scores(perturb.perturbed_logits(tail_fn, variables, features, masks), targets, score)
+
+    y_k = map_in_chunks(ablated, num_channels, chunk).T  # (B, K)
+    safe = jnp.where(y != 0, y, 1.0)[:, None]
+    return jnp.where(y[:, None] != 0, (y[:, None] - y_k) / safe, 0.0)
+
+
+def channel_masks(features: jax.Array, channels: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """Score-CAM's input masks: channels ``(c,)`` of ``A (B, H, W, K)``, upsampled and min-max normalised, ``(c, B, *size)``."""
+    a = jnp.moveaxis(jnp.take(features, channels, axis=-1), -1, 0)  # (c, B, H, W)
+    c, b = a.shape[:2]
+    flat = normalize01(upsample(a.reshape((c * b,) + a.shape[2:]), size))
+    return flat.reshape((c, b) + tuple(size))
+
+
+@partial(jax.jit, static_argnames=("head_fn", "tail_fn", "chunk", "score", "channel_softmax"))
+def scorecam_weights(head_fn: Callable, tail_fn: Callable, variables: Any, x: jax.Array, features: jax.Array,
+                     targets: jax.Array, *, chunk: int, score: str = "logit", channel_softmax: bool = True) -> jax.Array:
+    """Score-CAM (Wang et al. 2020): the target's score on the image masked by each channel.
+
+    Image b masked by channel k is ``x[b] ⊙ norm(upsample(A[b, ..., k]))``; the full
+    network scores it. With the defaults (``score="logit"``, ``channel_softmax=True``)
+    the weights are the softmax over channels of the target logits, as pytorch-grad-cam
+    computes them; ``score="prob", channel_softmax=False`` gives the authors' code
+    (raw target softmax probabilities).
+
+    Args:
+      x: ``(B, S, S, 3)``; features: ``(B, H, W, K)``; targets: ``(B,)``.
+      chunk: channels per step (``chunk · B`` full-network evaluations).
+    Returns:
+      ``(B, K)``.
+    """
+    size = x.shape[1:3]
+
+    def scores(idx):  # (c,) -> (c, B)
+        masked = x[None] * channel_masks(features, idx, size)[..., None]  # (c, B, S, S, 3)
+        logits = full_logits(head_fn, tail_fn, variables, masked.reshape((-1,) + x.shape[1:]))
+        return target_scores(logits.reshape(masked.shape[:2] + logits.shape[1:]), targets, score)
+
+    s = map_in_chunks(scores, features.shape[-1], chunk).T  # (B, K)
+    return jax.nn.softmax(s, axis=-1) if channel_softmax else s
+
+
+# ------------------------------------------------------------------------------------------------
+# RISE: saliency at the input from random low-resolution masks
+# ------------------------------------------------------------------------------------------------
+
+
+def rise_masks(key: jax.Array, indices: jax.Array, size: tuple[int, int], grid: int = 7,
+               keep_prob: float = 0.5) -> jax.Array:
+    """RISE masks number ``indices`` of the stream ``key`` (Petsiuk et al. 2018).
+
+    Each is a ``grid × grid`` Bernoulli(``keep_prob``) grid, bilinearly upsampled to
+    ``(grid + 1) · cell`` with ``cell = ceil(size / grid)`` and cropped to ``size`` at a
+    random shift in ``[0, cell)``. Mask i depends only on ``key`` and i.
+
+    Returns:
+      ``(n, *size)`` float32 in [0, 1].
+    """
+    h, w = size
+    cell = (math.ceil(h / grid), math.ceil(w / grid))
+    up = ((grid + 1) * cell[0], (grid + 1) * cell[1])
+
+    def one(i):
+        u = jax.random.uniform(jax.random.fold_in(key, i), (grid * grid + 2,))  # one draw: cells, then shifts
+        coarse = (u[:-2] < keep_prob).astype(jnp.float32).reshape(grid, grid)
+        fine = jax.image.resize(coarse, up, method="bilinear", antialias=False)
+        dy = jnp.minimum((u[-2] * cell[0]).astype(jnp.int32), cell[0] - 1)
+        dx = jnp.minimum((u[-1] * cell[1]).astype(jnp.int32), cell[1] - 1)
+        return jax.lax.dynamic_slice(fine, (dy, dx), (h, w))
+
+    return jax.vmap(one)(indices)
+
+
+@partial(jax.jit, static_argnames=("head_fn", "tail_fn", "num_masks", "chunk", "grid", "keep_prob", "score"))
+def rise_saliency(head_fn: Callable, tail_fn: Callable, variables: Any, x: jax.Array, targets: jax.Array,
+                  key: jax.Array, *, num_masks: int, chunk: int, grid: int = 7, keep_prob: float = 0.5,
+                  score: str = "prob") -> jax.Array:
+    """RISE saliency ``Σ_i score_i · mask_i / (N · keep_prob)``, ``(B, S, S)`` (not normalised).
+
+    Args:
+      x: ``(B, S, S, 3)``; targets: ``(B,)``; key: PRNG key of the mask stream.
+      num_masks: N; chunk: masks per step (``chunk · B`` full-network evaluations).
+    """
+    size = x.shape[1:3]
+
+    def weighted(idx):  # (c,) -> (B, S, S)
+        masks = rise_masks(key, idx, size, grid, keep_prob)  # (c, S, S)
+        masked = x[None] * masks[:, None, :, :, None]  # (c, B, S, S, 3)
+        logits = full_logits(head_fn, tail_fn, variables, masked.reshape((-1,) + x.shape[1:]))
+        y = target_scores(logits.reshape(masked.shape[:2] + logits.shape[1:]), targets, score)  # (c, B)
+        return jnp.einsum("cb,chw->bhw", y, masks)
+
+    return sum_in_chunks(weighted, num_masks, chunk) / (num_masks * keep_prob)
+
+
+# ------------------------------------------------------------------------------------------------
+# Maps: fn(tap, x, targets, *, features=None, **options) -> (B, S, S) in [0, 1]
+# ------------------------------------------------------------------------------------------------
+
+
+def cam_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None) -> jax.Array:
+    """CAM heat maps; only at a tap whose tail is global average pooling + linear.
+
+    Raises :class:`InputError` when the gradient of the target logit is not spatially
+    constant on these images (a non-linear tail), e.g. inside the last stage.
+    """
+    A = feature_maps(tap, x, features)
+    grads = target_gradients(tap.tail_fn, tap.variables, A, as_targets(targets))
+    if float(jnp.max(spatial_spread(grads))) > CAM_TOLERANCE:
+        raise InputError(f"CAM needs a tap right before global average pooling + linear, e.g. layer4 / head; "
+                         f"use gradcam here (the tail after {tap.layer} is not linear in the pooled features)")
+    return heatmap(A, cam_weights(grads), x.shape[1:3])
+
+
+def gradcam_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None) -> jax.Array:
+    """Grad-CAM heat maps: channel weights are the spatial mean of each image's own target gradient."""
+    A = feature_maps(tap, x, features)
+    grads = target_gradients(tap.tail_fn, tap.variables, A, as_targets(targets))
+    return heatmap(A, gradcam_weights(grads), x.shape[1:3])
+
+
+def gradcampp_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None) -> jax.Array:
+    """Grad-CAM++ heat maps (see :func:`gradcampp_weights`)."""
+    A = feature_maps(tap, x, features)
+    grads = target_gradients(tap.tail_fn, tap.variables, A, as_targets(targets))
+    return heatmap(A, gradcampp_weights(A, grads), x.shape[1:3])
+
+
+def ablationcam_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None,
+                     score: str = "logit", chunk_size: int | None = None) -> jax.Array:
+    """Ablation-CAM heat maps (see :func:`ablation_weights`).
+
+    Args:
+      score: ``logit`` (default, as pytorch-grad-cam), ``prob`` or ``logprob``.
+      chunk_size: tail evaluations per step (default 256); memory ∝ chunk_size.
+    """
+    A = feature_maps(tap, x, features)
+    chunk = channels_per_step(chunk_size, 256, x.shape[0], A.shape[-1])
+    check_score(score)
+    W = ablation_weights(tap.tail_fn, tap.variables, A, as_targets(targets), chunk=chunk, score=score)
+    return heatmap(A, W, x.shape[1:3])
+
+
+def scorecam_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None,
+                  score: str = "logit", channel_softmax: bool = True, chunk_size: int | None = None) -> jax.Array:
+    """Score-CAM heat maps (see :func:`scorecam_weights`; defaults follow pytorch-grad-cam).
+
+    Args:
+      score: ``logit`` (default), ``prob`` or ``logprob`` of the target on each masked image.
+      channel_softmax: softmax the scores over channels (pytorch-grad-cam) or use them raw.
+      chunk_size: full-network evaluations per step (default 64); memory ∝ chunk_size.
+    """
+    A = feature_maps(tap, x, features)
+    chunk = channels_per_step(chunk_size, 64, x.shape[0], A.shape[-1])
+    check_score(score)
+    W = scorecam_weights(tap.head_fn, tap.tail_fn, tap.variables, x, A, as_targets(targets), chunk=chunk,
+                         score=score, channel_softmax=bool(channel_softmax))
+    return heatmap(A, W, x.shape[1:3])
+
+
+def rise_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None,
+              num_masks: int = 2000, seed: int = 0, grid: int = 7, keep_prob: float = 0.5, score: str = "prob",
+              chunk_size: int | None = None) -> jax.Array:
+    """RISE heat maps at the input (the tap's feature maps are not used; head and tail both run).
+
+    Args:
+      num_masks: N random masks (the paper used 4000).
+      seed: seed of the mask stream (same seed -> same masks -> same maps, whatever the chunk).
+      grid: side of the coarse Bernoulli grid (paper: 7).
+      keep_prob: probability a grid cell is kept (paper: 0.5).
+      score: ``prob`` (default, as the paper), ``logit`` or ``logprob``.
+      chunk_size: full-network evaluations per step (default 64); memory ∝ chunk_size.
+      features: ignored (accepted so every method has the same signature).
+    Returns:
+      ``(B, S, S)`` in [0, 1].
+    """
+    del features
+    if not isinstance(num_masks, (int, np.integer)) or num_masks < 1:
+        raise InputError(f"num_masks must be a positive integer, got {num_masks!r}")
+    if not isinstance(grid, (int, np.integer)) or grid < 1:
+        raise InputError(f"grid must be a positive integer (RISE's coarse mask side, e.g. 7), got {grid!r}")
+    if not (0.0 < float(keep_prob) <= 1.0):
+        raise InputError(f"keep_prob must lie in (0, 1], got {keep_prob!r}")
+    check_score(score)
+    chunk = channels_per_step(chunk_size, 64, x.shape[0], int(num_masks))
+    sal = rise_saliency(tap.head_fn, tap.tail_fn, tap.variables, x, as_targets(targets), jax.random.PRNGKey(seed),
+                        num_masks=int(num_masks), chunk=chunk, grid=int(grid), keep_prob=float(keep_prob), score=score)
+    return normalize01(sal)
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks shared by the map functions
+# ------------------------------------------------------------------------------------------------
+
+
+def feature_maps(tap: Tap, x: jax.Array, features: jax.Array | None) -> jax.Array:
+    """``tap.head(x)`` unless given; :class:`InputError` unless it is a ``(B, H, W, K)`` feature map."""
+    A = tap.head(x) if features is None else features
+    if A.ndim != 4:
+        raise InputError(f"the tap {tap.layer} gives features of shape {A.shape}, not feature maps (B, H, W, K); "
+                         f"tap a convolutional layer, e.g. the last conv stage")
+    return A
+
+
+def as_targets(targets) -> jax.Array:
+    """``(B,)`` int32 class per image."""
+    return jnp.asarray(targets, jnp.int32).reshape(-1)
+
+
+def check_score(score: str) -> None:
+    if score not in perturb.SCORES:
+        raise InputError(f"score must be one of {', '.join(perturb.SCORES)}, got {score!r}")
+
+
+def channels_per_step(chunk_size: int | None, default: int, batch: int, num_items: int) -> int:
+    """Items (channels or masks) per step so that a step runs about ``chunk_size`` evaluations of ``batch`` images."""
+    chunk_size = default if chunk_size is None else chunk_size
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise InputError(f"chunk_size must be a positive integer (evaluations per step), got {chunk_size!r}")
+    return int(max(1, min(num_items, chunk_size // max(1, batch))))
+
+
+#: Method name -> map function, for :func:`chipjax.explain`.
+METHODS: dict[str, Callable[..., jax.Array]] = {
+    "cam": cam_maps,
+    "gradcam": gradcam_maps,
+    "gradcam++": gradcampp_maps,
+    "ablationcam": ablationcam_maps,
+    "scorecam": scorecam_maps,
+    "rise": rise_maps,
+}

@@ -1,0 +1,160 @@
+"""Torch-exact building blocks (chipjax.models.layers) against torch.nn on CPU.
+
+Also home of the torch reference helpers the ResNet/VGG tests import
+(:func:`randomize_batchnorm`, :func:`torch_unit_outputs`).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chipjax.models import layers
+
+ATOL = 1e-5
+
+
+# --- torch reference helpers (imported by test_resnet.py and test_vgg.py) ---------------
+def randomize_batchnorm(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Give every BatchNorm2d of ``model`` random affine parameters and running stats, so BN is not the identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.25)
+    return model
+
+
+def numpy_state_dict(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """``model.state_dict()`` with tensors as numpy arrays."""
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def torch_unit_outputs(model: torch.nn.Module, names, x_nhwc: np.ndarray) -> dict[str, np.ndarray]:
+    """Outputs of the named submodules of ``model`` on ``x`` (NHWC in), as NHWC or ``(B, C*H*W)`` arrays.
+
+    A 4-D ``(B, C, 1, 1)`` or ``(B, C, H, W)`` output of an ``AdaptiveAvgPool2d`` is flattened like
+    torch's forward does; other 4-D outputs are transposed to NHWC.
+    """
+    modules = dict(model.named_modules())
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        modules[name].register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o.detach().clone()))
+        for name in names
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))))
+    finally:
+        for h in hooks:
+            h.remove()
+    result = {}
+    for name, out in outputs.items():
+        if isinstance(modules[name], torch.nn.AdaptiveAvgPool2d):
+            out = torch.flatten(out, 1)
+        out = out.numpy()
+        result[name] = out.transpose(0, 2, 3, 1) if out.ndim == 4 else out
+    return result
+
+
+def _nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _nhwc(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+# --- conv -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "size, kernel, stride, padding, bias",
+    [(8, 3, 2, 1, False), (9, 3, 2, 1, False), (8, 7, 2, 3, False), (8, 1, 2, 0, False), (7, 3, 1, 1, True)],
+)
+def test_conv2d_matches_torch(rng, size, kernel, stride, padding, bias):
+    tconv = torch.nn.Conv2d(3, 5, kernel, stride, padding, bias=bias)
+    x = rng.standard_normal((2, size, size + 1, 3)).astype(np.float32)
+    params = {"kernel": tconv.weight.detach().numpy().transpose(2, 3, 1, 0)}
+    if bias:
+        params["bias"] = tconv.bias.detach().numpy()
+    ours = layers.conv2d(5, kernel, stride, padding, use_bias=bias).apply({"params": params}, jnp.asarray(x))
+    ref = _nhwc(tconv(_nchw(x)))
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(ours), ref, atol=ATOL)
+
+
+# --- batch norm -------------------------------------------------------------------------
+def test_batchnorm_eval_matches_torch(rng):
+    tbn = randomize_batchnorm(torch.nn.BatchNorm2d(6), seed=3).eval()
+    x = rng.standard_normal((2, 4, 5, 6)).astype(np.float32)
+    variables = {
+        "params": {"scale": tbn.weight.detach().numpy(), "bias": tbn.bias.detach().numpy()},
+        "batch_stats": {"mean": tbn.running_mean.numpy(), "var": tbn.running_var.numpy()},
+    }
+    ours = layers.BatchNorm().apply(variables, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(ours), _nhwc(tbn(_nchw(x))), atol=ATOL)
+
+
+def test_batchnorm_init_is_identity(rng):
+    x = jnp.asarray(rng.standard_normal((1, 3, 3, 4)).astype(np.float32))
+    bn = layers.BatchNorm()
+    variables = bn.init(jax.random.PRNGKey(0), x)
+    assert set(variables) == {"params", "batch_stats"}
+    np.testing.assert_allclose(np.asarray(bn.apply(variables, x)), np.asarray(x), atol=1e-4)
+
+
+# --- max pool ---------------------------------------------------------------------------
+@pytest.mark.parametrize("size, kernel, stride, padding", [(8, 3, 2, 1), (9, 3, 2, 1), (9, 2, 2, 0), (6, 2, 2, 0)])
+def test_max_pool_matches_torch(rng, size, kernel, stride, padding):
+    # all-negative input: zero padding would win at the borders, -inf padding never does
+    x = -np.abs(rng.standard_normal((2, size, size + 1, 3))).astype(np.float32) - 1.0
+    ours = layers.MaxPool2d(kernel, stride, padding).apply({}, jnp.asarray(x))
+    ref = _nhwc(torch.nn.MaxPool2d(kernel, stride, padding)(_nchw(x)))
+    assert ours.shape == ref.shape
+    np.testing.assert_array_equal(np.asarray(ours), ref)
+
+
+# --- adaptive average pool --------------------------------------------------------------
+@settings(max_examples=15, deadline=None)
+@given(
+    h=st.integers(1, 16),
+    w=st.integers(1, 16),
+    oh=st.integers(1, 8),
+    ow=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+)
+def test_adaptive_avg_pool_matches_torch(h, w, oh, ow, seed):
+    x = np.random.default_rng(seed).standard_normal((2, h, w, 3)).astype(np.float32)
+    ours = layers.adaptive_avg_pool2d(jnp.asarray(x), (oh, ow))
+    ref = _nhwc(torch.nn.functional.adaptive_avg_pool2d(_nchw(x), (oh, ow)))
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(ours), ref, atol=ATOL)
+
+
+@pytest.mark.parametrize("in_size, out_size", [(7, 7), (14, 7), (2, 7), (13, 7), (1, 3)])
+def test_adaptive_pool_matrix_rows_are_averages(in_size, out_size):
+    p = layers.adaptive_pool_matrix(in_size, out_size)
+    assert p.shape == (out_size, in_size)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)
+    assert (p[:, 0] > 0)[0] and (p[:, -1] > 0)[-1]  # first bin starts at 0, last ends at in_size
+
+
+@pytest.mark.parametrize("shape, output_size", [((2, 2, 3, 5), (7, 7)), ((2, 7, 7, 5), (7, 7)), ((2, 4, 5, 6), (1, 1))])
+def test_avg_pool_flatten_is_torch_pool_then_flatten(rng, shape, output_size):
+    x = rng.standard_normal(shape).astype(np.float32)
+    ours = layers.AvgPoolFlatten(output_size).apply({}, jnp.asarray(x))
+    ref = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(_nchw(x), output_size), 1).numpy()
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(ours), ref, atol=ATOL)
+
+
+def test_relu():
+    x = jnp.asarray([[-1.0, 0.0, 2.0]])
+    np.testing.assert_array_equal(np.asarray(layers.ReLU().apply({}, x)), [[0.0, 0.0, 2.0]])
