@@ -40,47 +40,50 @@ CAM_TOLERANCE = 1e-4
 # ------------------------------------------------------------------------------------------------
 
 
+def chunk_indices(num_items: int, chunk: int) -> jax.Array:
+    """``(ceil(N / chunk), chunk)`` item numbers ``0 … N−1``, the last chunk padded with ``N``…(invalid items)."""
+    steps = -(-num_items // chunk)
+    return jnp.arange(steps * chunk).reshape(steps, chunk)
+
+
 def map_in_chunks(fn: Callable[[jax.Array], Any], num_items: int, chunk: int) -> Any:
-    """``fn`` over the items ``0 … num_items−1``, ``chunk`` items per step.
+    """``fn`` over the items ``0 … num_items−1``, ``chunk`` items per step (``lax.map``).
 
     Args:
-      fn: ``indices (c,) int -> pytree of (c, ...)``, pure (called under ``lax.map``).
+      fn: ``indices (c,) int -> pytree of (c, ...)``, pure, treating items independently.
+        The last chunk is padded with repeats of item ``N − 1`` (their outputs are
+        dropped), so ``fn`` compiles once and the result does not depend on ``chunk``.
       num_items: N.
-      chunk: items per step; ``lax.map`` runs the ``N // chunk`` full chunks, one more
-        call runs the remainder, so the result does not depend on ``chunk`` (for
-        functions that treat items independently).
+      chunk: items per step.
     Returns:
       The pytree of ``(N, ...)``: the outputs of all items, in order.
     """
-    full, rest = divmod(num_items, chunk)
-    parts = []
-    if full:
-        out = jax.lax.map(fn, jnp.arange(full * chunk).reshape(full, chunk))
-        parts.append(jax.tree_util.tree_map(lambda a: a.reshape((full * chunk,) + a.shape[2:]), out))
-    if rest:
-        parts.append(fn(full * chunk + jnp.arange(rest)))
-    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *parts)
+    idx = jnp.minimum(chunk_indices(num_items, chunk), num_items - 1)
+    out = jax.lax.map(fn, idx)
+    return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:])[:num_items], out)
 
 
 def sum_in_chunks(fn: Callable[[jax.Array], Any], num_items: int, chunk: int) -> Any:
-    """``Σ_chunks fn(indices)`` over the items ``0 … num_items−1``, ``chunk`` items per step.
+    """``Σ_i fn(i)`` over the items ``0 … num_items−1``, ``chunk`` items per step (``lax.scan``).
 
     Args:
-      fn: ``indices (c,) int -> pytree`` (the sum over those items), pure.
+      fn: ``indices (c,) int -> pytree of (c, ...)``: each item's term, pure. Padding
+        items (number ≥ N) of the last chunk are zeroed before the sum.
       num_items: N.
-      chunk: items per step (``lax.scan`` over the full chunks, then the remainder).
+      chunk: items per step; memory is one chunk of terms whatever N.
     Returns:
-      The pytree summed over every chunk; memory is one chunk whatever N.
+      The pytree of sums, shapes without the leading item axis.
     """
-    full, rest = divmod(num_items, chunk)
-    shapes = jax.eval_shape(fn, jnp.arange(min(chunk, num_items)))
-    total = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    add = partial(jax.tree_util.tree_map, jnp.add)
-    if full:
-        total, _ = jax.lax.scan(lambda acc, idx: (add(acc, fn(idx)), None), total,
-                                jnp.arange(full * chunk).reshape(full, chunk))
-    if rest:
-        total = add(total, fn(full * chunk + jnp.arange(rest)))
+    def step(total, idx):
+        valid = idx < num_items
+        terms = fn(jnp.minimum(idx, num_items - 1))
+        part = jax.tree_util.tree_map(
+            lambda t: jnp.sum(jnp.where(valid.reshape((-1,) + (1,) * (t.ndim - 1)), t, 0), axis=0), terms)
+        return jax.tree_util.tree_map(jnp.add, total, part), None
+
+    shapes = jax.eval_shape(fn, jnp.arange(chunk))
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape[1:], s.dtype), shapes)
+    total, _ = jax.lax.scan(step, zeros, chunk_indices(num_items, chunk))
     return total
 
 
@@ -260,12 +263,12 @@ def rise_saliency(head_fn: Callable, tail_fn: Callable, variables: Any, x: jax.A
     """
     size = x.shape[1:3]
 
-    def weighted(idx):  # (c,) -> (B, S, S)
+    def weighted(idx):  # (c,) -> (c, B, S, S): score_i · mask_i per mask and image
         masks = rise_masks(key, idx, size, grid, keep_prob)  # (c, S, S)
         masked = x[None] * masks[:, None, :, :, None]  # (c, B, S, S, 3)
         logits = full_logits(head_fn, tail_fn, variables, masked.reshape((-1,) + x.shape[1:]))
         y = target_scores(logits.reshape(masked.shape[:2] + logits.shape[1:]), targets, score)  # (c, B)
-        return jnp.einsum("cb,chw->bhw", y, masks)
+        return y[:, :, None, None] * masks[:, None]
 
     return sum_in_chunks(weighted, num_masks, chunk) / (num_masks * keep_prob)
 

@@ -130,7 +130,7 @@ def _check_out_path(path: str) -> str:
 def cmd_explain(args) -> int:
     import numpy as np
 
-    from . import explain as ex
+    from . import methods as ex
     from . import viz
     from .models.preprocess import to_rgb_uint8
 

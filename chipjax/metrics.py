@@ -153,9 +153,9 @@ def _box_of_largest_component(mask: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     if n == 0:  # only when threshold > 1: nothing passes
         return np.zeros(4)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    rows, cols = np.nonzero(labels == 1 + int(np.argmax(sizes)))
-    return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], dtype=np.float64)
+    largest = 1 + int(np.argmax(np.bincount(labels.ravel(), minlength=n + 1)[1:]))
+    rows, cols = ndimage.find_objects(labels, max_label=largest)[largest - 1]
+    return np.array([cols.start, rows.start, cols.stop, rows.stop], dtype=np.float64)
 
 
 def maps_to_boxes(maps, threshold: float = 0.2) -> np.ndarray:
@@ -207,10 +207,14 @@ def localization_errors(
       ``{"top1_loc_err", "top5_loc_err", "gt_known_loc_err", "top1_cls_err", "top5_cls_err"}``.
     """
     maps = _check_map(maps, 3, "maps")
-    pred = np.asarray(pred_top5).reshape(maps.shape[0], -1)
+    pred = np.asarray(pred_top5)
+    pred = pred.reshape(len(pred), -1) if pred.ndim else pred.reshape(1, 1)
     labels = np.asarray(labels).reshape(-1)
-    if labels.shape[0] != maps.shape[0]:
-        raise InputError(f"got {maps.shape[0]} maps but {labels.shape[0]} labels")
+    if not pred.shape[0] == labels.shape[0] == maps.shape[0] or pred.shape[1] < 1:
+        raise InputError(
+            f"need one map, one row of predicted classes and one label per image; got {maps.shape[0]} maps, "
+            f"pred_top5 of shape {np.shape(pred_top5)} and {labels.shape[0]} labels"
+        )
     box_ok = _best_ious(maps_to_boxes(maps, threshold), gt_boxes_list) >= iou
     top1 = pred[:, 0] == labels
     top5 = (pred == labels[:, None]).any(axis=1)
@@ -387,7 +391,8 @@ def deletion_insertion(
     if steps < 2 or batch < 1:
         raise InputError(f"need steps >= 2 and batch >= 1; got steps={steps}, batch={batch}")
     kinds = (baseline, baseline) if isinstance(baseline, str) else tuple(baseline)
-    bases = np.stack([_baseline_images(x, kind, sigma, fill) for kind in kinds])  # (2, B, H, W, C)
+    made = {kind: _baseline_images(x, kind, sigma, fill) for kind in set(kinds)}
+    bases = np.stack([made[kind] for kind in kinds])  # (2, B, H, W, C): deletion's, insertion's
     ranks = _ranks_desc(m)
     n_img, h, w = m.shape
     fractions = np.linspace(0.0, 1.0, steps)

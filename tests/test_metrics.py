@@ -150,6 +150,8 @@ def test_localization_errors_cam_protocol():
     assert err["gt_known_loc_err"] == pytest.approx(1 / 4)
     assert err["top1_cls_err"] == pytest.approx(2 / 4)
     assert err["top5_cls_err"] == pytest.approx(1 / 4)
+    with pytest.raises(InputError):
+        M.localization_errors(maps, gt, pred[:3], labels)
 
 
 def test_max_box_acc_picks_best_threshold():

@@ -1,6 +1,8 @@
 """ResNet (chipjax.models.resnet) and its torchvision key map against torchvision on CPU."""
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,16 +24,21 @@ def torch_resnet(depth: int) -> torch.nn.Module:
     return randomize_batchnorm(getattr(torchvision.models, f"resnet{depth}")(), seed=1).eval()
 
 
+@functools.lru_cache(maxsize=None)
+def resnet_pair(depth: int) -> tuple[torch.nn.Module, Model]:
+    """The torch reference and our model with its converted weights (built once per depth)."""
+    tmodel = torch_resnet(depth)
+    return tmodel, Model(resnet_spec(depth), convert_resnet(numpy_state_dict(tmodel), depth), "torchvision-random")
+
+
 @pytest.fixture(scope="module")
 def resnet18_pair():
-    tmodel = torch_resnet(18)
-    spec = resnet_spec(18)
-    return tmodel, Model(spec, spec.convert(numpy_state_dict(tmodel)), "torchvision-random")
+    return resnet_pair(18)
 
 
 @pytest.fixture(scope="module")
 def resnet18_state():
-    return numpy_state_dict(torch_resnet(18))
+    return numpy_state_dict(resnet_pair(18)[0])
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
@@ -45,8 +52,7 @@ def test_key_table_matches_torchvision_state_dict(depth):
 
 @pytest.mark.parametrize("depth", [18, 50])
 def test_logits_match_torchvision(rng, depth):
-    tmodel = torch_resnet(depth)
-    model = Model(resnet_spec(depth), convert_resnet(numpy_state_dict(tmodel), depth), "torchvision-random")
+    tmodel, model = resnet_pair(depth)
     x = rng.standard_normal((2, 64, 64, 3)).astype(np.float32)
     with torch.no_grad():
         ref = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
