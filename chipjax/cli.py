@@ -5,6 +5,7 @@ Every failure the user can fix ends with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -96,10 +97,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args):
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    return _cached_model(args.model, weights)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_model(name: str, weights):
     from .models import load_model
 
-    weights = None if str(args.weights).lower() == "none" else args.weights
-    return load_model(args.model, weights=weights)
+    return load_model(name, weights=weights)
+
+
+def check_explain_args(args) -> None:
+    """Refuse bad options before any model is loaded."""
+    from .methods import METHODS
+
+    if args.method not in METHODS:
+        raise InputError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
+    if args.keep_prob is not None and not 0.0 < args.keep_prob < 1.0:
+        raise InputError(f"keep_prob must lie strictly between 0 and 1, got {args.keep_prob}")
+    if args.masks is not None and args.masks < 2:
+        raise InputError(f"--masks must be at least 2, got {args.masks}")
+    if args.lam_ratio is not None and not 0.0 <= args.lam_ratio < 1.0:
+        raise InputError(f"--lam-ratio must lie in [0, 1), got {args.lam_ratio}")
 
 
 def _demo_image():
@@ -136,6 +156,7 @@ def cmd_explain(args) -> int:
 
     if args.demo == bool(args.image):
         raise InputError("give an IMAGE or --demo (not both)")
+    check_explain_args(args)
     name = "demo" if args.demo else os.path.splitext(os.path.basename(args.image))[0]
     out = _check_out_path(args.out or f"chipjax_{name}.png")
     rgb = _demo_image() if args.demo else to_rgb_uint8(args.image)
