@@ -30,11 +30,23 @@ class TinyCNN(nn.Module):
         return nn.Dense(10, name="fc")(x.mean(axis=(1, 2)))
 
 
+def numpy_init(module, x, seed):
+    """LeCun-normal kernels and small random biases from numpy (Flax's init would compile a PRNG per parameter)."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
+
+    def draw(s):
+        scale = 1.0 / np.sqrt(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.1
+        return jnp.asarray(rng.standard_normal(s.shape) * scale, jnp.float32)
+
+    return jax.tree_util.tree_map(draw, shapes)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     module = TinyCNN()
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
-    variables = module.init(jax.random.PRNGKey(0), x)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
+    variables = numpy_init(module, x, seed=0)
     taps = {name: cj.tap_module(module, variables, name, x[:1]) for name in ("act2", "conv3", "act3")}
     return module, variables, x, taps
 
@@ -60,11 +72,11 @@ def test_every_method_gives_finite_maps_in_unit_range(tiny, method):
 
 
 def test_methods_table_is_what_explain_dispatches():
-    from chipjax import explain
+    from chipjax import methods
 
-    assert set(cams.METHODS) == set(explain.METHODS) - {"chip", "refined-chip"}
+    assert set(cams.METHODS) == set(methods.METHODS) - {"chip", "refined-chip"}
     for name in cams.METHODS:
-        assert explain.method_fn(name) is cams.METHODS[name]
+        assert methods.method_fn(name) is cams.METHODS[name]
 
 
 def test_constant_features_give_zero_maps_not_nan(tiny):
@@ -178,8 +190,6 @@ def test_rise_masks_have_the_papers_statistics():
     assert masks.shape == (400, 32, 32) and masks.min() >= 0 and masks.max() <= 1
     assert abs(masks.mean() - 0.5) < 0.02
     assert len({m.tobytes() for m in masks}) == 400  # random shifts and grids: no two alike
-    np.testing.assert_array_equal(masks[10:20], np.asarray(cams.rise_masks(jax.random.PRNGKey(0), jnp.arange(10, 20),
-                                                                           (32, 32))))
 
 
 def test_rise_finds_the_only_region_the_score_depends_on():
@@ -236,8 +246,12 @@ def resnet18_pair(tmp_path_factory):
     return net, model, x
 
 
-def torch_layer4_maps(net, x, targets, method):
-    """Grad-CAM / Grad-CAM++ / Ablation-CAM at layer4 computed directly in PyTorch (hooks, autograd, channel zeroing)."""
+def torch_maps(net, x, targets, method, layer):
+    """Grad-CAM / Grad-CAM++ / Ablation-CAM at ``layer`` (layer3 or layer4) computed directly in PyTorch.
+
+    Hooks and autograd for the gradients; for Ablation-CAM every channel of the layer's
+    output zeroed in turn and the rest of the network run on it.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -245,7 +259,7 @@ def torch_layer4_maps(net, x, targets, method):
     t = torch.as_tensor(targets)
     rows = torch.arange(len(targets))
     saved = {}
-    handle = net.layer4.register_forward_hook(lambda m, i, o: saved.update(a=o))
+    handle = getattr(net, layer).register_forward_hook(lambda m, i, o: saved.update(a=o))
     logits = net(xt)
     handle.remove()
     A = saved["a"]  # (B, K, h, w)
@@ -255,8 +269,10 @@ def torch_layer4_maps(net, x, targets, method):
             K = A.shape[1]
             ablated = A[:, None].repeat(1, K, 1, 1, 1)  # (B, K, K, h, w): copy k has channel k zeroed
             ablated[:, torch.arange(K), torch.arange(K)] = 0
-            pooled = net.avgpool(ablated.flatten(0, 1)).flatten(1)
-            y_k = net.fc(pooled).view(len(targets), K, -1)[rows, :, t]
+            rest = ablated.flatten(0, 1)
+            if layer == "layer3":
+                rest = net.layer4(rest)
+            y_k = net.fc(net.avgpool(rest).flatten(1)).view(len(targets), K, -1)[rows, :, t]
             weights = (y[:, None] - y_k) / y[:, None]
     else:
         grads = torch.autograd.grad(logits[rows, t].sum(), A)[0]
@@ -275,12 +291,22 @@ def torch_layer4_maps(net, x, targets, method):
         return ((cam - lo) / (hi - lo)).numpy()
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "ablationcam"])
-def test_layer4_maps_match_pytorch(resnet18_pair, method):
+@pytest.mark.parametrize("method, layer", [("gradcam", "layer4"), ("gradcam++", "layer4"), ("ablationcam", "layer4"),
+                                           ("gradcam", "layer3"), ("ablationcam", "layer3")])
+def test_maps_match_pytorch(resnet18_pair, method, layer):
     net, model, x = resnet18_pair
     targets = [381, 7]
-    ours = np.asarray(cj.explain(model, x, method=method, layer="layer4", target=targets))
-    ref = torch_layer4_maps(net, x, targets, method)
+    ours = np.asarray(cj.explain(model, x, method=method, layer=layer, target=targets))
+    ref = torch_maps(net, x, targets, method, layer)
     for b in range(2):
-        assert pearson(ours[b], ref[b]) >= 0.99, (method, b, pearson(ours[b], ref[b]))
-    np.testing.assert_allclose(ours, ref, atol=1e-3)
+        assert pearson(ours[b], ref[b]) >= 0.99, (method, layer, b, pearson(ours[b], ref[b]))
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+def test_cam_on_resnet_layer4_equals_gradcam_and_refuses_layer4_0(resnet18_pair):
+    _, model, x = resnet18_pair
+    cam = cj.explain(model, x, method="cam", layer="layer4", target=[381, 7])
+    grad = cj.explain(model, x, method="gradcam", layer="layer4", target=[381, 7])
+    np.testing.assert_allclose(np.asarray(cam), np.asarray(grad), atol=1e-5)
+    with pytest.raises(InputError, match="use gradcam here"):
+        cj.explain(model, x, method="cam", layer="layer4.0")
