@@ -41,7 +41,7 @@ CAM_TOLERANCE = 1e-4
 
 
 def chunk_indices(num_items: int, chunk: int) -> jax.Array:
-    """``(ceil(N / chunk), chunk)`` item numbers ``0 … N−1``, the last chunk padded with ``N``…(invalid items)."""
+    """``(ceil(N / chunk), chunk)`` item numbers, row-major; numbers ``≥ N`` pad the last chunk."""
     steps = -(-num_items // chunk)
     return jnp.arange(steps * chunk).reshape(steps, chunk)
 

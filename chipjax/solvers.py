@@ -14,7 +14,9 @@ step ``1/L`` with ``L`` the largest eigenvalue of ``G`` from power iteration (ti
 factor, raised on the fly if an iterate ever sees more curvature). All classes run in one
 ``lax.while_loop``; the loop body does one ``(K, K) @ (K, C)`` matmul (``G @ Y`` follows from
 ``G @ X`` by linearity). A class stops (its column freezes) once its relative duality gap is
-below ``tol``; the loop ends when every class has stopped, or after ``max_iter`` iterations.
+below ``tol``, or once the gap has stopped falling (it has not dropped 10 % in the last
+50 + i/2 of its i iterations: the float rounding floor, about 1e-7 to 1e-6 in float32, reported
+as ``stalled``); the loop ends when every class has stopped, or after ``max_iter`` iterations.
 
 Duality gap (``g = R[:, c] − G w``, ``s = min(1, λ / ‖g‖∞)``; for ``w ≥ 0`` the dual norm is
 ``max_k g_k₊``):
@@ -50,6 +52,8 @@ from .errors import InputError
 _HIGHEST = lax.Precision.HIGHEST
 _POWER_ITERS = 100
 _SAFETY = 1.05  # step 1/(1.05 L): margin for power iteration's underestimate of the top eigenvalue
+_TRUSTED_STEP = 1e-3  # curvature along a step is trusted when ‖step‖ ≥ this × ‖w‖ (rounding)
+_STALL_PATIENCE = 50  # a class whose gap has not fallen 10 % for 50 + half its iterations is at rounding
 
 
 class LassoInfo(NamedTuple):
@@ -59,12 +63,15 @@ class LassoInfo(NamedTuple):
       iterations: ``()`` int32, FISTA iterations run (the slowest class).
       rel_gap: ``(C,)`` relative duality gap of each class at the returned W.
       converged: ``(C,)`` bool, ``rel_gap <= tol``.
+      stalled: ``(C,)`` bool, stopped short of ``tol`` because the gap stopped falling (float
+        rounding floor; in float32 typically 1e-7 to 1e-6).
       lipschitz: ``()`` the L of the step 1/L finally used.
     """
 
     iterations: jax.Array
     rel_gap: jax.Array
     converged: jax.Array
+    stalled: jax.Array
     lipschitz: jax.Array
 
 
@@ -213,6 +220,8 @@ class _State(NamedTuple):
     t: jax.Array  # (C,) FISTA momentum parameter
     done: jax.Array  # (C,) bool, column frozen
     rel_gap: jax.Array  # (C,)
+    ref_gap: jax.Array  # (C,) gap at the last 10 % improvement
+    ref_it: jax.Array  # (C,) int32 iteration of the last 10 % improvement
     L: jax.Array  # () Lipschitz constant in use
 
 
@@ -238,6 +247,8 @@ def _fista(G, R, lam, W0, y_var, L, tol, max_iter, nonneg):
         t=jnp.ones_like(lam),
         done=(gap0 <= tol) | all_zero,
         rel_gap=jnp.where(all_zero, 0, gap0),
+        ref_gap=gap0,
+        ref_it=jnp.zeros(lam.shape, jnp.int32),
         L=L,
     )
 
@@ -248,11 +259,14 @@ def _fista(G, R, lam, W0, y_var, L, tol, max_iter, nonneg):
         X = _prox(s.Y - (s.GY - R) / s.L, lam / s.L, nonneg)
         X = jnp.where(keep, X, 0)
         GX = _matmul(G, X)
-        # Curvature seen along this step; if above L the step was too long: raise L, restart.
+        # Curvature seen along this step (trusted on steps well above rounding): if it exceeds
+        # L, power iteration fell short and the step was too long: raise L and restart.
         D = X - s.Y
         dd = jnp.sum(D * D, axis=0)
         curv = jnp.sum(D * (GX - s.GY), axis=0) / jnp.where(dd > 0, dd, 1)
-        L = jnp.maximum(s.L, _SAFETY * jnp.max(jnp.where(s.done, 0, curv)))
+        trusted = ~s.done & (dd > _TRUSTED_STEP**2 * jnp.sum(X * X, axis=0))
+        worst = jnp.max(jnp.where(trusted, curv, 0))
+        L = jnp.where(worst > s.L, _SAFETY * worst, s.L)
         # Gradient-based adaptive restart (O'Donoghue & Candès): momentum against descent.
         restart = (jnp.sum((s.Y - X) * (X - s.X), axis=0) > 0) | (L > s.L)
         t = jnp.where(restart, 1, (1 + jnp.sqrt(1 + 4 * s.t * s.t)) / 2)
@@ -260,21 +274,28 @@ def _fista(G, R, lam, W0, y_var, L, tol, max_iter, nonneg):
         Y = X + beta * (X - s.X)
         GY = GX + beta * (GX - s.GX)
         gap = _relative_gap(X, GX, R, lam, y_var, nonneg)
+        it = s.it + 1
+        improved = gap < 0.9 * s.ref_gap
+        ref_it = jnp.where(improved, it, s.ref_it)
+        stalled = it - ref_it > _STALL_PATIENCE + ref_it // 2
         frozen = s.done[None, :]
         return _State(
-            it=s.it + 1,
+            it=it,
             X=jnp.where(frozen, s.X, X),
             GX=jnp.where(frozen, s.GX, GX),
             Y=jnp.where(frozen, s.Y, Y),
             GY=jnp.where(frozen, s.GY, GY),
             t=jnp.where(s.done, s.t, t),
-            done=s.done | (gap <= tol),
+            done=s.done | (gap <= tol) | stalled,
             rel_gap=jnp.where(s.done, s.rel_gap, gap),
+            ref_gap=jnp.where(improved, gap, s.ref_gap),
+            ref_it=ref_it,
             L=L,
         )
 
     s = lax.while_loop(cond, body, state)
-    info = LassoInfo(iterations=s.it, rel_gap=s.rel_gap, converged=s.rel_gap <= tol, lipschitz=s.L)
+    converged = s.rel_gap <= tol
+    info = LassoInfo(s.it, s.rel_gap, converged, s.done & ~converged, s.L)
     return s.X.astype(dtype), info
 
 

@@ -87,33 +87,10 @@ def from_batch(masks: jax.Array, scores: jax.Array, weights: jax.Array | None = 
       weight) gives :func:`empty` stats.
     """
     masks, scores = jnp.asarray(masks), jnp.asarray(scores)
-    if masks.ndim == 3 or scores.ndim == 3:
-        _check_pairs(masks, scores, weights, batched=True)
-        if weights is None:
-            return jax.vmap(from_batch)(masks, scores)
-        return jax.vmap(from_batch)(masks, scores, jnp.asarray(weights))
-    _check_pairs(masks, scores, weights, batched=False)
-    dtype = jnp.result_type(masks.dtype, scores.dtype, jnp.float32)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        dtype = jnp.float32
-    masks, scores = masks.astype(dtype), scores.astype(dtype)
-    n = masks.shape[0]
-    w = jnp.ones((n,), dtype) if weights is None else jnp.asarray(weights, dtype)
-    count = jnp.sum(w)
-    share = w * _safe_inverse(count)  # (n,) sums to 1 (or all 0 when count == 0)
-    mask_mean = jnp.matmul(share, masks, precision=_HIGHEST)
-    score_mean = jnp.matmul(share, scores, precision=_HIGHEST)
-    dm = masks - mask_mean
-    dy = scores - score_mean
-    wdm = dm * w[:, None]
-    return Stats(
-        count=count,
-        mask_mean=mask_mean,
-        score_mean=score_mean,
-        mask_comoment=jnp.matmul(wdm.T, dm, precision=_HIGHEST),
-        cross_comoment=jnp.matmul(wdm.T, dy, precision=_HIGHEST),
-        score_sqdev=jnp.sum(w[:, None] * dy * dy, axis=0),
-    )
+    weights = None if weights is None else jnp.asarray(weights)
+    batched = masks.ndim == 3 or scores.ndim == 3
+    _check_pairs(masks, scores, weights, batched)
+    return (_from_batch_images if batched else _from_batch)(masks, scores, weights)
 
 
 def update(stats: Stats, masks: jax.Array, scores: jax.Array, weights: jax.Array | None = None) -> Stats:
@@ -121,14 +98,15 @@ def update(stats: Stats, masks: jax.Array, scores: jax.Array, weights: jax.Array
     return merge(stats, from_batch(masks, scores, weights))
 
 
+@jax.jit
 def merge(a: Stats, b: Stats) -> Stats:
     """Statistics of the union of the pairs behind ``a`` and ``b`` (Chan et al.'s parallel merge).
 
-    Exact up to float rounding; ``merge(a, b)`` equals ``merge(b, a)`` bit for bit,
-    ``merge(a, empty)`` is ``a``, and it is associative up to rounding. Fields may carry a
+    Exact up to float rounding: order-free and associative up to rounding, and
+    ``merge(a, empty)`` is ``a`` (an empty side contributes exact zeros). Fields may carry a
     common batch prefix ``(B,)``; pairs are merged image by image.
     """
-    return merge_many(jax.tree.map(lambda x, y: jnp.stack([x, y]), a, b))
+    return _merge_stacked(jax.tree.map(lambda x, y: jnp.stack([x, y]), a, b))
 
 
 def merge_many(stacked: Stats) -> Stats:
@@ -142,7 +120,7 @@ def merge_many(stacked: Stats) -> Stats:
             "merge_many needs stats stacked along a leading axis (count of shape (S,)); "
             f"got count of shape {jnp.shape(stacked.count)}. Use merge(a, b) for two stats."
         )
-    return _pool(stacked, lambda x: jnp.sum(x, axis=0))
+    return _merge_stacked(stacked)
 
 
 def psum_merge(stats: Stats, axis_name) -> Stats:
@@ -170,6 +148,43 @@ def score_var(stats: Stats) -> jax.Array:
     return stats.score_sqdev * _safe_inverse(stats.count)[..., None]
 
 
+@jax.jit
+def _from_batch(masks, scores, weights):
+    """:func:`from_batch` of one image's pairs ``(n, K)``, ``(n, C)``, ``(n,)`` or None."""
+    dtype = jnp.result_type(masks.dtype, scores.dtype, jnp.float32)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.float32
+    masks, scores = masks.astype(dtype), scores.astype(dtype)
+    n = masks.shape[0]
+    w = jnp.ones((n,), dtype) if weights is None else jnp.asarray(weights, dtype)
+    count = jnp.sum(w)
+    share = w * _safe_inverse(count)  # (n,) sums to 1 (or all 0 when count == 0)
+    mask_mean = jnp.matmul(share, masks, precision=_HIGHEST)
+    score_mean = jnp.matmul(share, scores, precision=_HIGHEST)
+    dm = masks - mask_mean
+    dy = scores - score_mean
+    wdm = dm * w[:, None]
+    return Stats(
+        count=count,
+        mask_mean=mask_mean,
+        score_mean=score_mean,
+        mask_comoment=jnp.matmul(wdm.T, dm, precision=_HIGHEST),
+        cross_comoment=jnp.matmul(wdm.T, dy, precision=_HIGHEST),
+        score_sqdev=jnp.sum(w[:, None] * dy * dy, axis=0),
+    )
+
+
+@jax.jit
+def _from_batch_images(masks, scores, weights):
+    """:func:`from_batch` of B images' pairs ``(B, n, K)``, ``(B, n, C)``, ``(B, n)`` or None."""
+    return jax.vmap(_from_batch)(masks, scores, weights)
+
+
+@jax.jit
+def _merge_stacked(stacked: Stats) -> Stats:
+    return _pool(stacked, lambda x: jnp.sum(x, axis=0))
+
+
 def _pool(stats: Stats, total: Callable[[jax.Array], jax.Array]) -> Stats:
     """Pool a set of stats, given ``total`` summing an array over the set (axis-0 sum or psum).
 
@@ -178,7 +193,7 @@ def _pool(stats: Stats, total: Callable[[jax.Array], jax.Array]) -> Stats:
     """
     n_i = stats.count
     n = total(n_i)
-    share = n_i * _safe_inverse(n)
+    share = jnp.where(n > 0, n_i / jnp.where(n > 0, n, 1), 0)  # a division, so n/n is exactly 1
     mask_mean = total(share[..., None] * stats.mask_mean)
     score_mean = total(share[..., None] * stats.score_mean)
     dm = stats.mask_mean - mask_mean

@@ -158,3 +158,17 @@ def test_avg_pool_flatten_is_torch_pool_then_flatten(rng, shape, output_size):
 def test_relu():
     x = jnp.asarray([[-1.0, 0.0, 2.0]])
     np.testing.assert_array_equal(np.asarray(layers.ReLU().apply({}, x)), [[0.0, 0.0, 2.0]])
+
+
+@pytest.mark.parametrize("size, stride, pad", [(2, 1, 1), (1, 1, 1), (3, 2, 1), (7, 1, 1)])
+def test_conv_im2col_equals_lax_convolution(size, stride, pad):
+    from jax import lax
+
+    from chipjax.models.layers import conv_im2col
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 8))
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 5))
+    want = lax.conv_general_dilated(x, k, (stride, stride), ((pad, pad), (pad, pad)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    got = conv_im2col(x, k, (stride, stride), (pad, pad))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)

@@ -41,24 +41,65 @@ def conv2d(
     padding: int | Sequence[int] = 0,
     use_bias: bool = True,
     name: str | None = None,
-) -> nn.Conv:
-    """``torch.nn.Conv2d(in, features, kernel_size, stride, padding, bias=use_bias)`` as a Flax ``nn.Conv``.
+) -> "Conv2d":
+    """``torch.nn.Conv2d(in, features, kernel_size, stride, padding, bias=use_bias)`` as a Flax module.
 
     Maps ``(B, H, W, C_in)`` to ``(B, H', W', features)`` with
     ``H' = floor((H + 2 * padding - kernel) / stride) + 1``. The kernel is HWIO
-    (torch's OIHW weight transposed ``(2, 3, 1, 0)``).
+    (torch's OIHW weight transposed ``(2, 3, 1, 0)``); variables are named as ``nn.Conv``'s.
     """
-    ph, pw = _pair(padding)
-    return nn.Conv(
+    return Conv2d(
         features=features,
         kernel_size=_pair(kernel_size),
         strides=_pair(stride),
-        padding=((ph, ph), (pw, pw)),
+        padding=_pair(padding),
         use_bias=use_bias,
-        kernel_init=KAIMING_FAN_OUT,
-        bias_init=nn.initializers.zeros,
         name=name,
     )
+
+
+def conv_im2col(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: tuple[int, int]) -> jax.Array:
+    """Convolution as one matrix product over gathered patches: ``(B, H, W, I), (kh, kw, I, O) -> (B, H', W', O)``.
+
+    XLA's CPU convolution is pathologically slow (100× and more) when the output is
+    smaller than the kernel — ResNet's layer4 on small inputs — so those shapes use
+    this form: ``kh·kw`` shifted strided slices, concatenated, times the reshaped kernel.
+    """
+    kh, kw, ci, co = kernel.shape
+    (sh, sw), (ph, pw) = strides, padding
+    xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    ho = (xp.shape[1] - kh) // sh + 1
+    wo = (xp.shape[2] - kw) // sw + 1
+    cols = [xp[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :] for i in range(kh) for j in range(kw)]
+    return jnp.concatenate(cols, axis=-1) @ kernel.reshape(kh * kw * ci, co)
+
+
+class Conv2d(nn.Module):
+    """``torch.nn.Conv2d`` on NHWC with explicit symmetric padding (see :func:`conv2d`)."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        kernel = self.param("kernel", KAIMING_FAN_OUT, (kh, kw, x.shape[-1], self.features), jnp.float32)
+        kernel = kernel.astype(x.dtype)
+        (sh, sw), (ph, pw) = self.strides, self.padding
+        ho = (x.shape[1] + 2 * ph - kh) // sh + 1
+        wo = (x.shape[2] + 2 * pw - kw) // sw + 1
+        if (kh > 1 or kw > 1) and (ho < kh or wo < kw):
+            y = conv_im2col(x, kernel, self.strides, self.padding)
+        else:
+            y = lax.conv_general_dilated(
+                x, kernel, self.strides, ((ph, ph), (pw, pw)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(x.dtype)
+        return y
 
 
 def dense(features: int, kernel_init=TORCH_LINEAR_INIT, name: str | None = None) -> nn.Dense:
