@@ -249,6 +249,24 @@ class ClassStatsAccumulator:
             self.class_counts = self.class_counts + onehot.sum(0)
         self.num_images += batch
 
+    def state(self) -> dict:
+        """The running statistics as a tree of arrays (for checkpoints)."""
+        if self.cross_sum is None:
+            return {}
+        return {"mask_stats": {k: np.asarray(v) for k, v in self.mask_stats._asdict().items()},
+                "cross_sum": np.asarray(self.cross_sum), "class_cross_sum": np.asarray(self.class_cross_sum),
+                "class_counts": np.asarray(self.class_counts), "num_images": np.asarray(self.num_images)}
+
+    def restore(self, state: dict) -> None:
+        """Continue from :meth:`state` of an earlier run with the same options."""
+        if not state:
+            return
+        self.mask_stats = st.Stats(**{k: jnp.asarray(v) for k, v in state["mask_stats"].items()})
+        self.cross_sum = jnp.asarray(state["cross_sum"])
+        self.class_cross_sum = jnp.asarray(state["class_cross_sum"])
+        self.class_counts = jnp.asarray(state["class_counts"])
+        self.num_images = int(state["num_images"])
+
     def to_model(self, arch: str, config: dict) -> CHIP:
         if self.num_images == 0:
             raise InputError("no images were given to fit the CHIP model; check the data source")

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lam-ratio", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default=None, help="progress folder (default: OUT.partial); rerun to resume")
+    p.add_argument("--checkpoint-every", type=int, default=10, help="batches between progress checkpoints")
     _model_args(p)
     _common(p)
     return parser
@@ -248,17 +250,29 @@ def cmd_convert(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .chip import CHIP
-    from .fit import fit_folder
+    from .fit import fit_folder, remove_checkpoint
 
+    _check_out_path(args.out)
     model = _load_model(args)
+    checkpoint = args.checkpoint or (os.path.abspath(args.out).rstrip(os.sep) + ".partial")
     cm = fit_folder(model, args.data, layer=args.layer, num_masks=args.masks, keep_prob=args.keep_prob,
-                    lam_ratio=args.lam_ratio, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
+                    lam_ratio=args.lam_ratio, batch_size=args.batch_size, seed=args.seed,
+                    progress=not args.quiet, checkpoint_dir=checkpoint, checkpoint_every=args.checkpoint_every)
     cm.save(args.out)
+    remove_checkpoint(checkpoint)
     if not args.quiet:
         print(f"fitted CHIP on {cm.num_images} images at {cm.layer}; saved to {args.out}")
-    assert isinstance(cm, CHIP)
     return 0
+
+
+def configure_logging(verbose: bool) -> None:
+    """chipjax's own log lines (timings, checkpoints) on stderr with ``--verbose``; other libraries stay quiet."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("chipjax: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    log.propagate = False
 
 
 COMMANDS = {"explain": cmd_explain, "predict": cmd_predict, "layers": cmd_layers, "convert": cmd_convert,
@@ -272,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.command:
             parser.print_help()
             return 2
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="chipjax: %(message)s")
+        configure_logging(args.verbose)
         return COMMANDS[args.command](args)
     except UsageError as e:
         print(str(e), file=sys.stderr)

@@ -29,10 +29,11 @@ Fenchel gap and the *relative gap* is ``gap / y_var`` — scikit-learn's rule. W
 last term is unknown: the relative gap is then ``max(gap' / (wᵀG w + λ‖w‖₁), (1 − s)²)`` with
 ``gap'`` the first two terms; ``wᵀGw + λ‖w‖₁ = wᵀR`` at the optimum is at most ``Var(Y_c)``
 and ``(1 − s)² ≤ tol`` bounds the missing term by ``½ tol Var(Y_c)``, so this rule is at least
-about as strict.
+about as strict. A gap certifies the *objective* to ``tol``; the KKT residuals
+``|g_k − λ sign w_k|`` and the coefficients are then accurate to about ``√tol`` (relative).
 
-Degenerate inputs never give NaN: channels with zero variance (``G[k, k] == 0``, e.g. a
-mask that never changes) get weight 0; classes with ``λ_c ≥ λ_max,c`` get exactly 0.
+Degenerate inputs never give NaN: channels with zero variance (``G[k, k] ≤ 1e-6 max_k G[k, k]``,
+e.g. a mask that never changes) get weight 0; classes with ``λ_c ≥ λ_max,c`` get exactly 0.
 ``G`` must be positive semi-definite with ``R`` in its range — true for any ``G, R`` from
 :mod:`chipjax.stats`.
 """
@@ -52,6 +53,7 @@ from .errors import InputError
 _HIGHEST = lax.Precision.HIGHEST
 _POWER_ITERS = 100
 _SAFETY = 1.05  # step 1/(1.05 L): margin for power iteration's underestimate of the top eigenvalue
+_CONSTANT_CHANNEL = 1e-6  # a channel whose variance is below 1e-6 × the largest is constant (rounding)
 _TRUSTED_STEP = 1e-3  # curvature along a step is trusted when ‖step‖ ≥ this × ‖w‖ (rounding)
 _STALL_PATIENCE = 50  # a class whose gap has not fallen 10 % for 50 + half its iterations is at rounding
 
@@ -155,7 +157,7 @@ def lasso_path(
     ``λ_p,c = lam_ratios[p] · λ_max,c``. Solved in the given order, each from the previous
     solution (give them decreasing for the best warm starts). Other arguments as :func:`lasso`.
     """
-    G, R, _, W0, y_var = _checked_problem(G, R, 0.0, W0, y_var)
+    G, R, _, W0, y_var = _checked_problem(G, R, None, W0, y_var)
     _check_controls(max_iter, tol)
     ratios = _checked_ratios(lam_ratios, R.shape[1], path=True).astype(G.dtype)
     lams = ratios * _lambda_max(R, bool(nonneg))
@@ -182,7 +184,7 @@ def chip_weights(
     tol_, max_iter_ = jnp.asarray(tol, G.dtype), jnp.asarray(max_iter, jnp.int32)
 
     def one(G, R, y_var, W0):
-        G, R, _, W0, y_var = _checked_problem(G, R, 0.0, W0, y_var)
+        G, R, _, W0, y_var = _checked_problem(G, R, None, W0, y_var)
         lam = ratio * _lambda_max(R, bool(nonneg))
         return _lasso_jit(G, R, lam, W0, y_var, tol_, max_iter_, bool(nonneg))[0]
 
@@ -228,7 +230,9 @@ class _State(NamedTuple):
 def _fista(G, R, lam, W0, y_var, L, tol, max_iter, nonneg):
     """FISTA with adaptive restart for all columns; returns ``(W, LassoInfo)``."""
     dtype = G.dtype
-    active = jnp.diagonal(G) > 0  # (K,) zero-variance channels keep weight 0
+    # (K,) channels with (numerically) zero variance keep weight 0.
+    variance = jnp.diagonal(G)
+    active = variance > _CONSTANT_CHANNEL * jnp.max(variance)
     R = jnp.where(active[:, None], R, 0)
     lam = jnp.maximum(lam, 0)
     all_zero = lam >= _lambda_max(R, nonneg)  # (C,) the solution is exactly 0
@@ -351,7 +355,7 @@ def _top_eigenvalue(G, num_iters):
 
 
 def _checked_problem(G, R, lam, W0, y_var):
-    """Validate shapes and λ; return ``G, R, lam (C,), W0 (K, C), y_var`` in one float dtype."""
+    """Validate shapes and λ; return ``G, R, lam (C,) or None, W0 (K, C), y_var`` in one float dtype."""
     G, R = jnp.asarray(G), jnp.asarray(R)
     if G.ndim != 2 or G.shape[0] != G.shape[1]:
         raise InputError(f"G must be a square (K, K) Gram matrix; got shape {G.shape}")
@@ -364,15 +368,14 @@ def _checked_problem(G, R, lam, W0, y_var):
     dtype = jnp.result_type(G.dtype, R.dtype, jnp.float32)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.float32
-    if not isinstance(lam, jax.core.Tracer):
+    if lam is not None and not isinstance(lam, jax.core.Tracer):
         lam_np = np.asarray(lam, dtype=np.float64)
         if lam_np.ndim > 1 or (lam_np.ndim == 1 and lam_np.shape[0] != C):
             raise InputError(f"lam must be a scalar or have shape ({C},) (one per class); got {lam_np.shape}")
         if not np.all(np.isfinite(lam_np)) or np.any(lam_np < 0):
             raise InputError(f"lam must be finite and >= 0; got min {lam_np.min():g}. Pass an absolute λ ≥ 0.")
-    lam = jnp.broadcast_to(jnp.asarray(lam, dtype), (C,)) if jnp.ndim(lam) <= 1 else None
-    if lam is None:
-        raise InputError(f"lam must be a scalar or have shape ({C},)")
+    if lam is not None:
+        lam = jnp.broadcast_to(jnp.asarray(lam, dtype), (C,))
     if W0 is None:
         W0 = jnp.zeros((K, C), dtype)
     elif jnp.shape(W0) != (K, C):

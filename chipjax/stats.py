@@ -135,17 +135,17 @@ def psum_merge(stats: Stats, axis_name) -> Stats:
 
 def gram(stats: Stats) -> jax.Array:
     """``(K, K)`` centred ``MᵀM / N`` (zeros for empty stats)."""
-    return stats.mask_comoment * _safe_inverse(stats.count)[..., None, None]
+    return _per_count(stats.mask_comoment, stats.count[..., None, None])
 
 
 def cross(stats: Stats) -> jax.Array:
     """``(K, C)`` centred ``MᵀY / N`` (zeros for empty stats)."""
-    return stats.cross_comoment * _safe_inverse(stats.count)[..., None, None]
+    return _per_count(stats.cross_comoment, stats.count[..., None, None])
 
 
 def score_var(stats: Stats) -> jax.Array:
     """``(C,)`` variance of each class score, ``‖Y_c − ȳ_c‖² / N`` (zeros for empty stats)."""
-    return stats.score_sqdev * _safe_inverse(stats.count)[..., None]
+    return _per_count(stats.score_sqdev, stats.count[..., None])
 
 
 @jax.jit
@@ -158,9 +158,9 @@ def _from_batch(masks, scores, weights):
     n = masks.shape[0]
     w = jnp.ones((n,), dtype) if weights is None else jnp.asarray(weights, dtype)
     count = jnp.sum(w)
-    share = w * _safe_inverse(count)  # (n,) sums to 1 (or all 0 when count == 0)
-    mask_mean = jnp.matmul(share, masks, precision=_HIGHEST)
-    score_mean = jnp.matmul(share, scores, precision=_HIGHEST)
+    # Sum, then divide: exact integer sums of 0/1 masks give exact means (a constant channel centres to 0).
+    mask_mean = _per_count(jnp.matmul(w, masks, precision=_HIGHEST), count)
+    score_mean = _per_count(jnp.matmul(w, scores, precision=_HIGHEST), count)
     dm = masks - mask_mean
     dy = scores - score_mean
     wdm = dm * w[:, None]
@@ -193,7 +193,7 @@ def _pool(stats: Stats, total: Callable[[jax.Array], jax.Array]) -> Stats:
     """
     n_i = stats.count
     n = total(n_i)
-    share = jnp.where(n > 0, n_i / jnp.where(n > 0, n, 1), 0)  # a division, so n/n is exactly 1
+    share = _per_count(n_i, n)  # a division, so n/n is exactly 1
     mask_mean = total(share[..., None] * stats.mask_mean)
     score_mean = total(share[..., None] * stats.score_mean)
     dm = stats.mask_mean - mask_mean
@@ -209,10 +209,10 @@ def _pool(stats: Stats, total: Callable[[jax.Array], jax.Array]) -> Stats:
     )
 
 
-def _safe_inverse(count: jax.Array) -> jax.Array:
-    """``1 / count`` where ``count > 0``, else 0 (so empty stats give zeros, never NaN)."""
+def _per_count(x: jax.Array, count: jax.Array) -> jax.Array:
+    """``x / count`` where ``count > 0``, else 0 (so empty stats give zeros, never NaN)."""
     positive = count > 0
-    return jnp.where(positive, 1.0 / jnp.where(positive, count, 1.0), 0.0).astype(count.dtype)
+    return jnp.where(positive, x / jnp.where(positive, count, 1), 0).astype(x.dtype)
 
 
 def _check_pairs(masks: jax.Array, scores: jax.Array, weights, batched: bool) -> None:

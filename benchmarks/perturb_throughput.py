@@ -1,0 +1,153 @@
+"""Perturbed-tail throughput of CHIP against the plain batched tail forward (the practical ceiling).
+
+For each (model, tap) the same number of tail evaluations, in the same chunks, is run two ways,
+alternately (see :mod:`benchmarks.common`):
+
+* **ours**: :func:`chipjax.perturb.perturbation_stats` — sample ``N`` masks, run the tail on
+  ``A ⊙ m`` for every image and mask, stream the CHIP statistics (image-level CHIP: each image's
+  top class, C' = 1; ``--classes all`` streams all 1 000 classes as a class-level fit does);
+* **plain**: the jitted tail on ``chunk · B`` ready-made inputs, called ``N / chunk`` times.
+
+``ratio = plain time / ours time`` (1.0 = the perturbation costs nothing on top of the tail).
+The arithmetic ceiling is XLA's FLOP count of one tail evaluation
+(``jit(tail).lower(...).compile().cost_analysis()``) against this machine's measured matmul rate
+(float32 at precision highest, or bf16 with ``--dtype bfloat16``). ``--baseline FILE`` also
+times another version of ``perturb.py`` (e.g. the engine before a change) on the same cases.
+
+    python -m benchmarks.perturb_throughput --quick
+    python -m benchmarks.perturb_throughput --batch 1,8 --dtype both
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common
+
+#: (model, tap, masks quick, masks full, chunk quick, chunk full)
+CASES = {
+    "resnet50:layer3": (64, 512, 32, 64),
+    "resnet50:layer4": (512, 4096, 128, 256),
+    "efficientnet_lite0:head": (512, 4096, 128, 256),
+    "efficientnet_lite0:blocks.15.expand": (256, 2048, 64, 128),
+    "vgg16:features.29": (128, 1024, 32, 64),
+}
+DEFAULT_CASES = "resnet50:layer3,resnet50:layer4,efficientnet_lite0:head,efficientnet_lite0:blocks.15.expand"
+
+
+def load_baseline(path: str):
+    """Import another ``perturb.py`` as a module of the chipjax package (its relative imports resolve)."""
+    spec = importlib.util.spec_from_file_location("chipjax._perturb_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "chipjax"
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, dtype: str, classes: str,
+             reps: int, rates: dict, baseline=None) -> dict:
+    """Time ours / plain (/ baseline) on one tap; returns one result row as a dict."""
+    import chipjax as cj
+    from chipjax import perturb
+
+    model = cj.load_model(name, weights=None)
+    tap = model.tap(layer)
+    x = jax.random.normal(jax.random.key(0), (batch, model.input_size, model.input_size, 3), jnp.float32)
+    A = jax.block_until_ready(tap.head(x))
+    key = jax.random.key(1)
+    compute = None if dtype == "float32" else jnp.dtype(dtype)
+    top = jnp.argmax(tap.tail(A), axis=-1)[:, None].astype(jnp.int32) if classes == "one" else None
+
+    def ours():
+        return perturb.perturbation_stats(tap.tail_fn, tap.variables, A, key, num_masks=num_masks, chunk=chunk,
+                                          classes=top, compute_dtype=compute)
+
+    variables = perturb.cast_floating(tap.variables, compute)
+    inputs = jax.random.normal(jax.random.key(2), (chunk * batch,) + A.shape[1:], jnp.float32).astype(
+        compute or jnp.float32)
+    tail = jax.jit(tap.tail_fn)
+    calls = math.ceil(num_masks / chunk)
+
+    def plain():
+        return [tail(variables, inputs) for _ in range(calls)]
+
+    cases = {"ours": ours, "plain": plain}
+    if baseline is not None and dtype == "float32":
+        cases["before"] = lambda: baseline.perturbation_stats(
+            tap.tail_fn, tap.variables, A, key, num_masks=num_masks, chunk=chunk, keep_prob=0.5, balanced=False,
+            score="prob", classes=top)
+    times = common.interleaved(cases, reps=reps, warmup=1)
+    flops_per_eval = common.cost_flops(tap.tail_fn, variables, inputs) / (chunk * batch)
+    evals = num_masks * batch
+    t_ours, t_plain = common.median(times["ours"]), common.median(times["plain"]) * num_masks / (calls * chunk)
+    row = dict(model=name, layer=layer, dtype=dtype, B=batch, N=num_masks, chunk=chunk,
+               ours=evals / t_ours, plain=evals / t_plain,
+               ratio=common.median_ratio(times["plain"], times["ours"]) * num_masks / (calls * chunk),
+               gflop=flops_per_eval / 1e9, achieved=flops_per_eval * evals / t_ours / 1e9,
+               arith=rates[dtype] / flops_per_eval)
+    row["of_arith"] = row["ours"] / row["arith"]
+    if "before" in times:
+        row["before"] = evals / common.median(times["before"])
+        row["speedup"] = common.median_ratio(times["before"], times["ours"])
+    return row
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.standard_args(p)
+    p.add_argument("--cases", default=DEFAULT_CASES, help=f"model:tap list (known: {', '.join(CASES)})")
+    p.add_argument("--batch", default="1", help="images per call, a comma list (e.g. 1,8)")
+    p.add_argument("--masks", type=int, default=None, help="masks per image (default: per case, see CASES)")
+    p.add_argument("--chunk", type=int, default=None, help="masks per step (default: per case)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="float32")
+    p.add_argument("--classes", choices=["one", "all"], default="one",
+                   help="scores streamed per image: its top class (image-level CHIP) or all (class-level)")
+    p.add_argument("--baseline", default=None, help="another perturb.py to time as 'before'")
+    p.add_argument("--matmul-size", type=int, default=None, help="n of the n×n matmul measuring the peak rate")
+    args = p.parse_args(argv)
+    reps = args.reps or (3 if args.quick else 5)
+    dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
+    baseline = load_baseline(args.baseline) if args.baseline else None
+    size = args.matmul_size or (2048 if args.quick else 4096)
+    rates = {dt: common.matmul_rate(dt, n=size) for dt in dtypes}
+    rows = []
+    for case in args.cases.split(","):
+        name, layer = case.split(":", 1)
+        nq, nf, cq, cf = CASES.get(case, (256, 2048, 64, 128))
+        for batch in (int(b) for b in args.batch.split(",")):
+            num_masks = args.masks or (nq if args.quick else nf)
+            chunk = args.chunk or max(1, (cq if args.quick else cf) // batch)
+            for dt in dtypes:
+                row = run_case(name, layer, batch=batch, num_masks=num_masks, chunk=min(chunk, num_masks), dtype=dt,
+                               classes=args.classes, reps=reps, rates=rates, baseline=baseline)
+                rows.append(row)
+                print(f"{case} B={batch} {dt}: ours {row['ours']:.0f} evals/s, plain {row['plain']:.0f}, "
+                      f"ratio {row['ratio']:.2f}" + (f", before {row['before']:.0f} (×{row['speedup']:.2f})"
+                                                     if "before" in row else ""), flush=True)
+    headers = ["model", "tap", "dtype", "B", "N", "chunk", "ours evals/s", "plain evals/s", "ours/plain",
+               "GFLOP/eval", "ours GFLOP/s", "arith. ceiling evals/s", "ours/arith."]
+    keys = ["model", "layer", "dtype", "B", "N", "chunk", "ours", "plain", "ratio", "gflop", "achieved", "arith",
+            "of_arith"]
+    if baseline is not None:
+        headers += ["before evals/s", "ours/before"]
+        keys += ["before", "speedup"]
+    body = common.table(headers, [[r.get(k, float("nan")) for k in keys] for r in rows])
+    rate_text = ", ".join(f"{dt} {r / 1e9:.0f} GFLOP/s" for dt, r in rates.items())
+    notes = (f"Measured matmul rate ({size}×{size}): {rate_text}. Scores streamed per image: "
+             f"{'the top class (image-level CHIP)' if args.classes == 'one' else 'all 1000 classes'}. "
+             f"Medians of {reps} interleaved repetitions after one warm-up; ours/plain is the median of "
+             "per-repetition ratios.")
+    print(body)
+    print(notes)
+    common.append_section("perturb_throughput", body + "\n\n" + notes, write=not args.no_write)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
