@@ -40,7 +40,24 @@ def normalize01(maps: jax.Array) -> jax.Array:
     return jnp.where(span > 0, (maps - lo) / safe, 0.0)
 
 
+def power_of_two_scale(x: jax.Array) -> jax.Array:
+    """Per-image ``x · 2^-e`` with ``2^e`` the power of two just above ``max |x[b]|``: ``(B, ...) -> (B, ...)``.
+
+    Multiplying by a power of two is exact in floating point, so a map built from the scaled
+    arrays is the map of the originals scaled by a positive constant (which :func:`normalize01`
+    removes), without the overflow (huge values) or underflow (tiny values) of the originals.
+    An all-zero or non-finite image is left as is.
+    """
+    top = jnp.max(jnp.abs(x), axis=tuple(range(1, x.ndim)), keepdims=True)
+    _, exponent = jnp.frexp(jnp.where(jnp.isfinite(top) & (top > 0), top, 1.0))
+    return jnp.ldexp(x, -exponent)
+
+
 def heatmap(features: jax.Array, weights: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """``normalize01(upsample(ReLU(Σ_k w_k A_k)))``: ``(B, H, W, K), (B, K) -> (B, *size)`` in [0, 1]."""
-    raw = jax.nn.relu(weighted_channel_sum(features, weights))
+    """``normalize01(upsample(ReLU(Σ_k w_k A_k)))``: ``(B, H, W, K), (B, K) -> (B, *size)`` in [0, 1].
+
+    Features and weights are first scaled per image by powers of two (:func:`power_of_two_scale`),
+    which leaves the normalised map unchanged but keeps the sum finite for any finite inputs.
+    """
+    raw = jax.nn.relu(weighted_channel_sum(power_of_two_scale(features), power_of_two_scale(weights)))
     return normalize01(upsample(raw, size))

@@ -29,13 +29,26 @@ def resolve_targets(target, logits: jax.Array, labels: Sequence[str] | None = No
     out = []
     for t in items:
         if isinstance(t, str):
-            out.append(class_index(t, labels))
-            continue
-        t = int(t)
+            t = class_index(t, labels)
+        else:
+            t = _class_number(t)
         if not 0 <= t < num_classes:
             raise InputError(f"class index {t} is out of range: the model has classes 0..{num_classes - 1}")
         out.append(t)
     return jnp.asarray(out, jnp.int32)
+
+
+def _class_number(t) -> int:
+    """An integral class index (int, numpy/jax integer, or a float with no fraction) as int."""
+    if isinstance(t, (bool, np.bool_)):
+        raise InputError(f"class {t!r} is a bool; give a class index (int) or a class name")
+    try:
+        value = float(t)
+    except (TypeError, ValueError):
+        raise InputError(f"class {t!r} is neither an index nor a class name") from None
+    if not value.is_integer():
+        raise InputError(f"class index must be a whole number, got {t!r}")
+    return int(value)
 
 
 def class_index(name: str, labels: Sequence[str] | None) -> int:
@@ -69,26 +82,82 @@ def explain(model, x: jax.Array, method: str = "chip", layer: str | Sequence[str
       target: ``None`` (top-1 per image), a class index or name, or one per image.
       options: method options, e.g. ``num_masks``, ``keep_prob``, ``lam_ratio``, ``seed``,
         ``chunk_size``, ``score``, ``nonneg`` for CHIP; ``chip_model`` (a fitted
-        :class:`~chipjax.chip.CHIP`) explains with class-level weights.
+        :class:`~chipjax.chip.CHIP`) explains with class-level weights. :func:`method_options`
+        lists a method's options; an unknown one raises :class:`InputError` before anything runs.
     Returns:
       ``(B, S, S)`` float32 maps in [0, 1].
+
+    Determinism: the random methods (``chip``, ``refined-chip``, ``rise``) draw mask ``i`` from
+    ``fold_in(PRNGKey(seed), i)``, so the same seed, inputs and options give bit-identical maps
+    on every run of the same program on the same device; different seeds draw different masks
+    and give different maps. ``chunk_size`` (memory per step) never changes which masks are
+    drawn, only the order of the float32 sums, so maps across chunk sizes agree to float32
+    rounding (about 1e-6 on [0, 1] maps), not bit for bit.
     """
     from .models.base import check_images
 
     x = check_images(x)
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    check_options(method, options)
     labels = getattr(model, "labels", None)
     if method == "refined-chip":
         return _refined(model, x, layer, target, labels, **options)
+    chip_model = options.pop("chip_model", None)
+    if chip_model is not None:
+        layer = _check_chip_model(chip_model, model, layer)
     tap = _tap_of(model, layer)
     features = tap.head(x)
     logits = tap.tail(features)
     targets = resolve_targets(target, logits, labels)
-    chip_model = options.pop("chip_model", None)
-    if method == "chip" and chip_model is not None:
+    if chip_model is not None:
         return chip_model.explain(model, x, targets)
     return method_fn(method)(tap, x, targets, features=features, **options)
+
+
+def method_options(method: str) -> tuple[str, ...]:
+    """Names of the options ``method`` takes (keyword arguments of :func:`explain`)."""
+    import inspect
+
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    fn = method_fn("chip" if method == "refined-chip" else method)
+    names = [n for n, p in inspect.signature(fn).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "features"]
+    extra = {"chip": ["chip_model"], "refined-chip": ["fusion"]}.get(method, [])
+    return tuple(names + extra)
+
+
+def check_options(method: str, options: dict) -> None:
+    """Refuse, before anything runs, an option ``method`` does not take or a CHIP option out of range."""
+    accepted = method_options(method)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(f"method {method!r} takes no option {', '.join(unknown)}; its options are: "
+                         f"{', '.join(accepted)}")
+    if options.get("chip_model") is not None:
+        fixed = sorted(set(options) - {"chip_model"})
+        if fixed:
+            raise InputError(f"option {', '.join(fixed)} cannot be used with a fitted chip_model (its weights are "
+                             f"fixed); drop it, or drop chip_model to fit image-level CHIP")
+    elif method in ("chip", "refined-chip"):
+        from . import chip, perturb
+
+        chip.check_lam_ratio(options.get("lam_ratio", chip.DEFAULTS["lam_ratio"]))
+        perturb.check_perturbation_args(options.get("num_masks", chip.DEFAULTS["num_masks"]),
+                                        options.get("keep_prob", chip.DEFAULTS["keep_prob"]),
+                                        options.get("chunk_size") or 1, options.get("score", chip.DEFAULTS["score"]))
+
+
+def _check_chip_model(chip_model, model, layer) -> str:
+    """The layer a class-level CHIP model explains at; refuse one fitted on another model or layer."""
+    if isinstance(model, Tap):
+        raise InputError("a class-level CHIP model explains a zoo model: pass the model, not a tap")
+    chip_model.check_compatible(model)
+    if layer is not None and layer != chip_model.layer:
+        raise InputError(f"this CHIP model was fitted at layer {chip_model.layer}, not {layer}; "
+                         f"leave layer unset or fit a CHIP model at {layer}")
+    return chip_model.layer
 
 
 def method_fn(method: str):

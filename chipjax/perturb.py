@@ -253,10 +253,11 @@ def expand_shared(stats: st.Stats, batch: int) -> st.Stats:
 
 
 class _Sums(NamedTuple):
-    """Running sums of one device's (mask, score) pairs; weights ``w`` are 0/1.
+    """Running sums over one device's (mask, score) pairs, with 0/1 weights ``w`` (0: padding).
 
-    count ``()`` Σw; mask_sum ``(K,)`` Σ w m; mask_gram ``(K, K)`` Σ w m mᵀ (all integers,
-    exact); shift ``(B, C')`` c; score_sum ``(B, C')`` Σ w (y − c); cross_sum ``(B, K, C')``
+    Mask part, integers and exact in float32: count ``()`` Σw; mask_sum ``(K,)`` Σ w m;
+    mask_gram ``(K, K)`` Σ w m mᵀ. Score part, shifted by ``shift (B, C')`` c (the first
+    chunk's mean scores): score_sum ``(B, C')`` Σ w (y − c); cross_sum ``(B, K, C')``
     Σ w m (y − c)ᵀ; score_sq ``(B, C')`` Σ w (y − c)².
     """
 
@@ -269,33 +270,33 @@ class _Sums(NamedTuple):
     score_sq: jax.Array
 
 
-def _chunk_sums(masks: jax.Array, scores: jax.Array, weights: jax.Array | None, shift: jax.Array | None,
+def _chunk_sums(masks: jax.Array, scores: jax.Array, valid: jax.Array | None, shift: jax.Array | None,
                 gram_mode: str) -> _Sums:
-    """Sums of one chunk: ``masks (n, K)`` 0/1, ``scores (n, B, C')``, ``weights (n,)`` 0/1 or None.
+    """Sums of one chunk: ``masks (n, K)`` 0/1, ``scores (n, B, C')``, ``valid (n,)`` bool or None (all).
 
-    ``shift None``: shift by this chunk's own (weighted) mean scores.
+    ``shift None``: shift by this chunk's own mean scores.
     """
     n = masks.shape[0]
-    w = jnp.ones((n,), jnp.float32) if weights is None else weights.astype(jnp.float32)
+    w = jnp.ones((n,), jnp.float32) if valid is None else valid.astype(jnp.float32)
     count = jnp.sum(w)
     if shift is None:
         shift = jnp.einsum("n,nbc->bc", w, scores, precision=_HIGHEST) / jnp.maximum(count, 1.0)
-    dy = (scores - shift) * w[:, None, None]  # (n, B, C'), zero on padding rows
-    wm = masks if weights is None else masks * w[:, None]
-    gram = _mask_gram(wm, masks, gram_mode)
+    d = scores - shift
+    wd = d if valid is None else d * w[:, None, None]  # zero on padding rows
+    weighted = masks if valid is None else masks * w[:, None]
     return _Sums(
         count=count,
-        mask_sum=jnp.sum(wm, axis=0),
-        mask_gram=gram,
+        mask_sum=jnp.sum(weighted, axis=0),
+        mask_gram=_mask_gram(weighted, masks, gram_mode),
         shift=shift,
-        score_sum=jnp.sum(dy, axis=0),
-        cross_sum=jnp.einsum("nk,nbc->bkc", masks, dy, precision=_HIGHEST),
-        score_sq=jnp.sum(dy * (scores - shift), axis=0),
+        score_sum=jnp.sum(wd, axis=0),
+        cross_sum=jnp.einsum("nk,nbc->bkc", masks, wd, precision=_HIGHEST),
+        score_sq=jnp.sum(wd * d, axis=0),
     )
 
 
 def _add_sums(a: _Sums, b: _Sums) -> _Sums:
-    """Sums of two chunks taken with the same shift (``a``'s)."""
+    """Sums of two sets of pairs taken with the same shift (``a``'s)."""
     return jax.tree.map(jnp.add, a, b)._replace(shift=a.shift)
 
 
@@ -314,29 +315,40 @@ def _stats_from_sums(s: _Sums) -> st.Stats:
     )
 
 
-def _device_sums(tail_fn, variables, features, key, classes, start, *, count, num_masks, chunk, keep_prob,
-                 balanced, score, gram_mode, padded) -> _Sums:
-    """Sums over the masks ``start … start + count − 1`` of the stream (those ≥ ``num_masks`` weigh 0)."""
+def _stream(chunk_fn: Callable, count: int, chunk: int):
+    """Fold ``chunk_fn(offset, size, acc)`` over the items ``0 … count − 1``, ``chunk`` at a time.
+
+    The first call gets ``acc=None`` and returns the accumulator; later calls return the
+    updated accumulator. Full chunks run under ``lax.scan``; a shorter last chunk is traced
+    separately, so no item is computed twice and none is padded.
+    """
+    first = min(chunk, count)
+    full, rest = divmod(count - first, chunk)
+    acc = chunk_fn(0, first, None)
+    if full:
+        acc, _ = lax.scan(lambda acc, step: (chunk_fn(first + step * chunk, chunk, acc), None), acc,
+                          jnp.arange(full))
+    if rest:
+        acc = chunk_fn(first + full * chunk, rest, acc)
+    return acc
+
+
+def _device_stats(tail_fn, variables, features, key, classes, start, *, count, num_masks, chunk, keep_prob,
+                  balanced, score, gram_mode, padded) -> st.Stats:
+    """Shared-layout stats of the masks ``start … start + count − 1`` on one device (``padded``: some
+    of them may be ≥ ``num_masks``; those weigh 0)."""
     num_channels = features.shape[-1]
 
-    def chunk_sums(offset, size, shift):
+    def chunk_fn(offset, size, acc):
         idx = start + offset + jnp.arange(size)
         masks = sample_masks(key, idx, num_channels, keep_prob, balanced)
         logits = perturbed_logits(tail_fn, variables, features, masks)
-        y = select_classes(scores_from_logits(logits.astype(jnp.float32), score), classes)
-        weights = (idx < num_masks) if padded else None
-        return _chunk_sums(masks, y, weights, shift, gram_mode)
+        y = select_classes(scores_from_logits(logits.astype(jnp.float32), score), classes)  # (n, B, C')
+        valid = (idx < num_masks) if padded else None
+        part = _chunk_sums(masks, y, valid, None if acc is None else acc.shift, gram_mode)
+        return part if acc is None else _add_sums(acc, part)
 
-    full, rest = divmod(count, chunk)
-    acc = chunk_sums(0, chunk, None)
-    if full > 1:
-        def body(acc, step):
-            return _add_sums(acc, chunk_sums(step * chunk, chunk, acc.shift)), None
-
-        acc, _ = lax.scan(body, acc, jnp.arange(1, full))
-    if rest:
-        acc = _add_sums(acc, chunk_sums(full * chunk, rest, acc.shift))
-    return acc
+    return _stats_from_sums(_stream(chunk_fn, count, chunk))
 
 
 @partial(jax.jit, static_argnames=("tail_fn", "num_masks", "chunk", "keep_prob", "balanced", "score",
@@ -351,11 +363,11 @@ def _shared_stats_jit(tail_fn, variables, features, key, classes, *, num_masks, 
     options = dict(count=per_device, num_masks=num_masks, chunk=chunk, keep_prob=keep_prob, balanced=balanced,
                    score=score, gram_mode=gram_mode, padded=per_device * num_devices != num_masks)
     if num_devices == 1:
-        return _stats_from_sums(_device_sums(tail_fn, variables, features, key, classes, 0, **options))
+        return _device_stats(tail_fn, variables, features, key, classes, 0, **options)
 
     def shard(variables, features, key, classes):
         start = lax.axis_index(MASK_AXIS) * per_device
-        local = _stats_from_sums(_device_sums(tail_fn, variables, features, key, classes, start, **options))
+        local = _device_stats(tail_fn, variables, features, key, classes, start, **options)
         return jax.vmap(lambda s: st.psum_merge(s, MASK_AXIS), in_axes=(SHARED_AXES,), out_axes=SHARED_AXES)(local)
 
     mesh = jax.sharding.Mesh(np.asarray(devices), (MASK_AXIS,))
@@ -365,26 +377,13 @@ def _shared_stats_jit(tail_fn, variables, features, key, classes, *, num_masks, 
 
 
 def mask_gram_mode(platform: str) -> str:
-    """How the 0/1 mask Gram ``Σ w m mᵀ`` is multiplied on ``platform`` (exact in every mode).
+    """How the 0/1 mask Gram ``Σ w m mᵀ`` is multiplied on ``platform`` (exact either way).
 
-    ``"bf16"`` (GPU/TPU): bfloat16 inputs, float32 accumulation — integer sums below 2²⁴
-    are exact — at the bf16 matmul rate. ``"bf16-rowmajor"`` (CPUs with AMX or AVX512-BF16):
-    the same, with both operands materialised row-major, the only layout XLA:CPU sends to
-    its fast bf16 kernels (2.6× faster than float32 on this repo's Sapphire Rapids CPU).
-    ``"f32"``: other CPUs.
+    ``"bf16"`` on GPU/TPU: bfloat16 inputs with float32 accumulation (integer sums below 2²⁴
+    are exact) at the bf16 matmul rate. ``"f32"`` on CPU: XLA:CPU upcasts bf16 dot operands
+    computed inside the jit to float32 anyway (measured: no gain on this repo's AMX CPU).
     """
-    if platform != "cpu":
-        return "bf16"
-    return "bf16-rowmajor" if _cpu_has_bf16_matmul() else "f32"
-
-
-def _cpu_has_bf16_matmul() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read(1 << 16)
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return "f32" if platform == "cpu" else "bf16"
 
 
 def _mask_gram(weighted_masks: jax.Array, masks: jax.Array, mode: str) -> jax.Array:
@@ -392,9 +391,6 @@ def _mask_gram(weighted_masks: jax.Array, masks: jax.Array, mode: str) -> jax.Ar
     if mode == "f32":
         return jnp.matmul(weighted_masks.T, masks, precision=_HIGHEST)
     a, b = weighted_masks.astype(jnp.bfloat16), masks.astype(jnp.bfloat16)
-    if mode == "bf16-rowmajor":
-        b, a_t = lax.optimization_barrier((b, a.T))
-        return lax.dot(a_t, b, preferred_element_type=jnp.float32)
     return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 

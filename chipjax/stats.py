@@ -23,7 +23,7 @@ Batches of images: stats of B images at once carry a shape prefix ``(B,)`` on ev
 class-level (global) statistic of the whole set.
 
 Shards: merging is *not* a plain sum of the fields (means and co-moments need a mean-shift
-correction), but it is a sum of mean-shifted terms, so it takes one ``psum`` per field:
+correction), but it is a sum of mean-shifted terms, so it takes a ``psum`` per field:
 :func:`psum_merge` inside ``jax.shard_map`` (or ``pmap``/named ``vmap``) pools the
 per-shard stats exactly. :func:`merge_many` is the same pooling over a stacked axis
 (e.g. after an ``all_gather``); both share one implementation (:func:`_pool`).
@@ -126,9 +126,10 @@ def merge_many(stacked: Stats) -> Stats:
 def psum_merge(stats: Stats, axis_name) -> Stats:
     """Pool the per-shard stats over the mapped axis ``axis_name``; use inside ``jax.shard_map``.
 
-    Every shard gets the pooled stats (replicated). One ``psum`` per field: count, the
-    count-weighted means, and the co-moments shifted to the pooled mean,
-    ``M2_i + n_i (m̄_i − m̄)(m̄_i − m̄)ᵀ``. Equals :func:`merge_many` of the shards' stats.
+    Every shard gets the pooled stats (replicated). One ``psum`` per field, in three rounds:
+    the count; the count-weighted means; the co-moments shifted to the pooled mean,
+    ``M2_i + n_i (m̄_i − m̄)(m̄_i − m̄)ᵀ`` (raw second moments would need one round but lose
+    float32 accuracy). Equals :func:`merge_many` of the shards' stats.
     """
     return _pool(stats, lambda x: lax.psum(x, axis_name))
 

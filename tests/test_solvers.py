@@ -72,8 +72,12 @@ def test_scalar_lam_matches_sklearn_multi_output():
     np.testing.assert_allclose(W, ref, atol=2e-5 * np.abs(ref).max())
 
 
+# Most tests below share one shape (K, C) = (16, 3), so they share one compiled solver.
+K, C = 16, 3
+
+
 def test_per_class_lam_matches_separate_fits():
-    X, Y = _data(2, 200, 20, 3)
+    X, Y = _data(2, 200, K, C)
     G, R, _ = _problem(X, Y)
     lam = np.array([0.02, 0.1, 0.3]) * np.asarray(solvers.lambda_max(R))
     W = solvers.lasso(G, R, lam)
@@ -96,16 +100,13 @@ def test_float64_with_x64_reaches_sklearn_precision():
             np.testing.assert_allclose(W[:, j], ref, atol=1e-8 * np.abs(ref).max())
 
 
-KKT_N, KKT_K, KKT_C = 80, 16, 3
-
-
 @settings(max_examples=20, deadline=None)
 @given(seed=st_.integers(0, 10_000), ratio=st_.floats(0.01, 0.95), nonneg=st_.booleans())
 def test_kkt_conditions_hold(seed, ratio, nonneg):
     # A relative gap <= tol certifies the objective to tol; the KKT residuals are O(sqrt(tol)):
     # the stopping rule keeps the dual infeasibility max|g|/λ - 1 <= sqrt(tol).
     tol = 1e-7
-    X, Y = _data(seed, KKT_N, KKT_K, KKT_C)
+    X, Y = _data(seed, 80, K, C)
     G, R, _ = _problem(X, Y)
     lmax = np.asarray(solvers.lambda_max(R, nonneg))
     lam = ratio * lmax
@@ -126,7 +127,7 @@ def test_kkt_conditions_hold(seed, ratio, nonneg):
 
 @pytest.mark.parametrize("nonneg", [False, True])
 def test_lam_at_or_above_lambda_max_gives_exact_zeros(nonneg):
-    X, Y = _data(4, 100, 12, 3)
+    X, Y = _data(4, 100, K, C)
     G, R, _ = _problem(X, Y)
     lmax = solvers.lambda_max(R, nonneg)
     for lam in (lmax, 2 * lmax):
@@ -138,9 +139,9 @@ def test_lam_at_or_above_lambda_max_gives_exact_zeros(nonneg):
 
 def test_degenerate_inputs_never_nan():
     rng = np.random.default_rng(5)
-    constant = stats.from_batch(np.ones((50, 8)), rng.normal(size=(50, 2)))  # G = 0, R = 0
-    zero_scores = stats.from_batch(rng.random((50, 8)) < 0.5, np.zeros((50, 2)))  # R = 0, Var(y) = 0
-    for s in (constant, zero_scores, stats.empty(8, 2)):
+    constant = stats.from_batch(np.ones((50, K)), rng.normal(size=(50, C)))  # G = 0, R = 0
+    zero_scores = stats.from_batch(rng.random((50, K)) < 0.5, np.zeros((50, C)))  # R = 0, Var(y) = 0
+    for s in (constant, zero_scores, stats.empty(K, C)):
         for y_var in (None, stats.score_var(s)):
             W = solvers.lasso(stats.gram(s), stats.cross(s), 0.0, y_var=y_var)
             assert np.all(np.asarray(W) == 0)
@@ -148,7 +149,7 @@ def test_degenerate_inputs_never_nan():
 
 
 def test_constant_channel_gets_zero_weight_and_leaves_the_rest():
-    X, Y = _data(6, 150, 10, 2)
+    X, Y = _data(6, 150, K - 1, C)
     X_const = np.concatenate([X, np.ones((150, 1), np.float32)], axis=1)
     G, R, _ = _problem(X, Y)
     Gc, Rc, _ = _problem(X_const, Y)
@@ -159,7 +160,7 @@ def test_constant_channel_gets_zero_weight_and_leaves_the_rest():
 
 
 def test_step_safeguard_recovers_from_a_too_small_lipschitz_constant():
-    X, Y = _data(7, 200, 20, 3, "gaussian")
+    X, Y = _data(7, 200, K, C, "gaussian")
     G, R, _ = _problem(X, Y)
     lam = 0.05 * solvers.lambda_max(R)
     L_true = np.linalg.eigvalsh(np.asarray(G, np.float64))[-1]
@@ -178,11 +179,11 @@ def test_top_eigenvalue_matches_numpy():
 
 
 def test_lasso_path_matches_separate_solves():
-    X, Y = _data(9, 200, 20, 3)
+    X, Y = _data(9, 200, K, C)
     G, R, y_var = _problem(X, Y)
     ratios = np.array([1.0, 0.5, 0.2, 0.05])
     path = solvers.lasso_path(G, R, ratios, y_var=y_var)
-    assert path.shape == (4, 20, 3)
+    assert path.shape == (4, K, C)
     assert np.all(np.asarray(path[0]) == 0)
     lmax = solvers.lambda_max(R)
     for p, ratio in enumerate(ratios):
@@ -193,7 +194,7 @@ def test_lasso_path_matches_separate_solves():
 
 
 def test_warm_start_at_the_solution_stops_at_once():
-    X, Y = _data(10, 200, 20, 3)
+    X, Y = _data(10, 200, K, C)
     G, R, _ = _problem(X, Y)
     lam = 0.1 * solvers.lambda_max(R)
     W = solvers.lasso(G, R, lam)
@@ -204,11 +205,11 @@ def test_warm_start_at_the_solution_stops_at_once():
 
 def test_chip_weights_uses_ratio_of_lambda_max_per_image():
     rng = np.random.default_rng(11)
-    masks = rng.random((2, 120, 10)) < 0.5
-    scores = (masks[..., :3] @ rng.normal(size=(3, 4)) + 0.3 * rng.normal(size=(2, 120, 4))).astype(np.float32)
+    masks = rng.random((2, 120, K)) < 0.5
+    scores = (masks[..., :4] @ rng.normal(size=(4, C)) + 0.3 * rng.normal(size=(2, 120, C))).astype(np.float32)
     batched = stats.from_batch(masks, scores)
     W = solvers.chip_weights(batched, 0.1)
-    assert W.shape == (2, 10, 4)
+    assert W.shape == (2, K, C)
     for b in range(2):
         one = stats.from_batch(masks[b], scores[b])
         G, R = stats.gram(one), stats.cross(one)
@@ -218,7 +219,7 @@ def test_chip_weights_uses_ratio_of_lambda_max_per_image():
 
 
 def test_lasso_under_jit_and_vmap():
-    X, Y = _data(12, 100, 10, 2)
+    X, Y = _data(12, 100, K, C)
     G, R, _ = _problem(X, Y)
     want = solvers.lasso(G, R, 0.05)
     np.testing.assert_allclose(jax.jit(lambda G, R, lam: solvers.lasso(G, R, lam))(G, R, 0.05), want, atol=1e-6)

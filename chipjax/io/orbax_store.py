@@ -129,6 +129,27 @@ def _check_replaceable(target: str) -> None:
         )
 
 
+def _make_parent(target: str) -> str:
+    """Create ``target``'s missing parent folders; :class:`InputError` if they cannot be written to.
+
+    Checked on the nearest existing ancestor before anything is created, so a read-only or
+    non-folder ancestor leaves the file system untouched.
+    """
+    parent = os.path.dirname(target)
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise InputError(f"cannot write {target}: {existing} is a file, not a folder; choose another output path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {target}: the folder {existing} is not writable; choose another output path")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {parent} ({exc}); choose another output path") from None
+    return parent
+
+
 def _swap_into_place(new: str, target: str) -> None:
     """Rename ``new`` to ``target``; an existing ``target`` is removed only after that succeeded."""
     if not os.path.lexists(target):
@@ -150,13 +171,16 @@ def save_variables(variables: Any, directory: str | os.PathLike, metadata: dict 
     Args:
       variables: nested mappings of ``np.ndarray``/``jax.Array`` (scalars become 0-d arrays).
       directory: the checkpoint folder; replaced atomically if it is already a chipjax checkpoint.
+        Missing parent folders are created (like orbax); a read-only one raises :class:`InputError`
+        before anything is written.
       metadata: JSON-serialisable dict, e.g. ``{"arch": "resnet50", "source": "x.pth"}``.
 
     Returns:
       The absolute path of the written directory.
 
     Raises:
-      InputError: a leaf is not an array, a key is not a string, or metadata is not JSON.
+      InputError: a leaf is not an array, a key is not a string, metadata is not JSON, or the
+        folder cannot be written to.
       WeightsError: ``directory`` exists and is something else than a chipjax checkpoint.
     """
     import orbax.checkpoint as ocp
@@ -167,8 +191,7 @@ def save_variables(variables: Any, directory: str | os.PathLike, metadata: dict 
     if not isinstance(tree, dict) or not tree:
         raise InputError("variables must be a non-empty dict of arrays")
     _check_replaceable(target)
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
+    parent = _make_parent(target)
     tmp = os.path.join(parent, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:12]}")
     os.mkdir(tmp)
     try:

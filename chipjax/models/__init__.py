@@ -108,8 +108,10 @@ def load_model(name: str, weights: str | os.PathLike | None = "pretrained", seed
                 f"(.pth/.safetensors/.npz) or weights=None for random init"
             )
         path = spec.pretrained()
-    else:
+    elif isinstance(weights, (str, os.PathLike)):
         path = os.fspath(weights)
+    else:
+        raise WeightsError(f"weights must be 'pretrained', None (random init) or a checkpoint path, got {weights!r}")
     from .. import io as cjio
 
     if os.path.isdir(path):

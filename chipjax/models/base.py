@@ -151,14 +151,20 @@ class Model:
 
 
 def check_images(x) -> jax.Array:
-    """Validate a batch of preprocessed images: float ``(B, H, W, 3)``, finite."""
-    x = jnp.asarray(x)
+    """Validate a batch of preprocessed images: float ``(B, H, W, 3)`` with B, H, W ≥ 1, finite."""
+    try:
+        x = jnp.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"expected a float array of images (B, H, W, 3), got {type(x).__name__} ({e}); "
+                         f"use model.preprocess(image)") from None
     if x.ndim == 3:
         raise InputError(f"expected a batch (B, H, W, 3), got shape {x.shape}: add a leading batch axis, e.g. x[None]")
     if x.ndim != 4 or x.shape[-1] != 3:
         raise InputError(f"expected images of shape (B, H, W, 3) (NHWC, RGB), got shape {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise InputError(f"expected float images (use model.preprocess), got dtype {x.dtype}")
+    if 0 in x.shape:
+        raise InputError(f"the image batch is empty: shape {x.shape}; give at least one image with at least one pixel")
     if not isinstance(x, jax.core.Tracer) and not bool(jnp.isfinite(x).all()):
         raise InputError("input images contain NaN or Inf: clean the array before explaining it")
     return x

@@ -7,13 +7,21 @@ Two steps, kept apart so overlays show exactly what the network saw:
 """
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, InputError
+
+log = logging.getLogger("chipjax")
+
+#: Largest intermediate (H · W) of :func:`resize_crop_view` resized as a whole; beyond it (extreme
+#: aspect ratios such as 1 × 100 000) only the part that survives the crop is resampled.
+MAX_RESIZE_PIXELS = 2 ** 26
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,27 +37,40 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if os.path.getsize(path) == 0:
         raise ImageError(f"image file is empty: {path}")
     try:
-        img = Image.open(path)
-        img.load()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()
+    except Image.DecompressionBombError as e:
+        raise ImageError(
+            f"{path} is too large to open safely ({e}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+            f"if you trust the file"
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image PIL can read (PNG, JPEG, BMP, TIFF, ...)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"image file {path} is damaged or truncated ({e}); re-export or re-download it") from None
+    for w in caught:  # a big but allowed image: a note for -v, not a second stderr line
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            log.info("%s: %s", path, w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return img
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.size and arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if img.mode == "F":
+    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit integer or float: the array rules below
         return _array_to_rgb(np.asarray(img))
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("La", "RGBa"):  # premultiplied alpha: un-premultiply first
+        img = img.convert("LA" if img.mode == "La" else "RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    try:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except ValueError as e:
+        raise ImageError(f"cannot convert an image of mode {img.mode} to RGB ({e}); save it as RGB or RGBA") from None
 
 
 def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -70,7 +91,9 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
         scale = 255.0 if arr.max() <= 1.0 else 1.0
         out = np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8)
     elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
-        hi = 65535.0 if arr.max() > 255 else 255.0
+        if arr.min() < 0:
+            raise InputError(f"image array has negative values (min {arr.min()}); give uint8, uint16 or float in [0, 1]")
+        hi = 1.0 if arr.dtype == bool else 65535.0 if arr.max() > 255 else 255.0
         out = np.clip(arr.astype(np.float64) / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
     else:
         raise InputError(f"unsupported image dtype {arr.dtype}; use uint8 or float in [0, 1]")
@@ -85,7 +108,9 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
 def to_rgb_uint8(image) -> np.ndarray:
     """A path, PIL image or array -> uint8 ``(H, W, 3)``.
 
-    Grayscale, palette, RGBA (composited on white), CMYK and 16-bit images are converted.
+    Grayscale, palette, RGBA/LA/PA (composited on white), CMYK, YCbCr, LAB, HSV and 16-bit
+    images are converted: integers above 255 are read as 16-bit (``v / 65535``), floats as
+    [0, 1] when their maximum is ≤ 1, else as [0, 255].
     """
     if isinstance(image, (str, os.PathLike)):
         image = load_image(image)
@@ -120,9 +145,13 @@ def resize_crop_view(size: int, resize_to: int) -> Callable[[np.ndarray], np.nda
             nh, nw = resize_to, max(1, int(resize_to * w / h))
         else:
             nh, nw = max(1, int(resize_to * h / w)), resize_to
-        img = resize(rgb, (nh, nw))
         top = int(round((nh - size) / 2.0))
         left = int(round((nw - size) / 2.0))
+        if nh * nw > MAX_RESIZE_PIXELS:  # resample only the crop's source region (equal up to 1 grey level)
+            sy, sx = h / nh, w / nw
+            box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+            return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR, box=box), dtype=np.uint8)
+        img = resize(rgb, (nh, nw))
         return img[top : top + size, left : left + size]
 
     return view

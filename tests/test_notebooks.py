@@ -1,0 +1,73 @@
+"""CI executes every notebook in notebooks/: a cell that raises fails the test of its notebook.
+
+Each notebook runs in a fresh kernel of *this* interpreter (checked by a first cell added in memory:
+the kernel's ``sys.prefix`` must be ours, so a ``python3`` kernelspec of another Python cannot run
+them silently), with ``CHIPJAX_NOTEBOOK_SMALL=1`` (few masks, few images) and a temporary folder
+as working directory, and a time limit per cell. The files themselves must stay output-free and
+match their generator, ``notebooks/_build.py``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+import time
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+CELL_TIMEOUT_S = 300
+KERNEL_NAME = "python3"  # jupyter_client starts the kernelspec's "python" as sys.executable
+
+
+def _interpreter_check_cell() -> nbformat.NotebookNode:
+    source = f"import sys\nassert sys.prefix == {sys.prefix!r}, f'kernel runs {{sys.executable}}, not the test interpreter'"
+    return nbformat.v4.new_code_cell(source, id="interpreter-check")
+
+
+def _build_module():
+    spec = importlib.util.spec_from_file_location("notebooks_build", NOTEBOOK_DIR / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_notebook_is_found():
+    names = [p.stem for p in NOTEBOOKS]
+    assert names == ["01_quickstart", "02_any_layer", "03_class_level_chip", "04_bring_your_weights", "05_evaluate"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_stripped_and_generated(path):
+    """No outputs or execution counts in git, and the file is what _build.py writes."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} cell {cell.id} has outputs"
+    build = _build_module()
+    expected = build.render(build.build(path.stem, build.NOTEBOOKS[path.stem]))
+    assert path.read_text(encoding="utf-8") == expected, f"{path.name} differs from notebooks/_build.py; rerun it"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHIPJAX_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, _interpreter_check_cell())
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
+                            resources={"metadata": {"path": str(tmp_path)}})
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        pytest.fail(f"{path.name}: a cell failed\n{e}", pytrace=False)
+    seconds = time.perf_counter() - start
+    print(f"{path.name}: {seconds:.1f} s")
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
