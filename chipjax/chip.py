@@ -16,7 +16,6 @@ exactly the statistics of one regression over all (mask, image) pairs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from functools import partial
 from typing import Any, Callable, Iterable, Sequence
@@ -34,12 +33,8 @@ from .tap import Tap
 DEFAULTS = dict(num_masks=2048, keep_prob=0.5, lam_ratio=0.05, score="prob", nonneg=False, balanced=False)
 
 
-def target_weights(stats: st.Stats, lam_ratio: float, nonneg: bool = False) -> jax.Array:
-    """Lasso channel weights of one image's statistics: ``Stats (K,), (C',) -> (K, C')``; λ = lam_ratio · λ_max per class."""
-    G = st.gram(stats)
-    R = st.cross(stats)
-    lam = lam_ratio * solvers.lambda_max(R, nonneg=nonneg)
-    return solvers.lasso(G, R, lam, nonneg=nonneg)
+#: Relative duality gap at which CHIP's lasso stops (float32 reaches about 1e-7; 1e-6 gives the same maps, faster).
+SOLVER_TOL = 1e-6
 
 
 @partial(jax.jit, static_argnames=("tail_fn", "num_masks", "chunk", "keep_prob", "balanced", "score", "nonneg"))
@@ -55,7 +50,7 @@ def chip_weights(tail_fn: Callable, variables: Any, features: jax.Array, targets
     """
     stats = perturb.perturbation_stats(tail_fn, variables, features, key, num_masks=num_masks, chunk=chunk,
                                        keep_prob=keep_prob, balanced=balanced, score=score, classes=targets[:, None])
-    W = jax.vmap(lambda s: target_weights(s, lam_ratio, nonneg))(stats)  # (B, K, 1)
+    W = solvers.chip_weights(stats, lam_ratio, nonneg=nonneg, tol=SOLVER_TOL)  # (B, K, 1)
     return W[..., 0]
 
 
@@ -225,6 +220,8 @@ class ClassStatsAccumulator:
         self.mask_stats = None
         self.cross_sum = None
         self.class_cross_sum = None
+        self.var_sum = None
+        self.class_var_sum = None
         self.class_counts = None
         self.num_images = 0
 
@@ -235,17 +232,22 @@ class ClassStatsAccumulator:
         chunk = min(max(1, self.chunk_size // batch), self.options["num_masks"])
         s = perturb.perturbation_stats(self.tap.tail_fn, self.tap.variables, A, self.key, chunk=chunk,
                                        balanced=False, **self.options)
-        R = jax.vmap(st.cross)(s)  # (B, K, C)
+        R = st.cross(s)  # (B, K, C)
+        V = st.score_var(s)  # (B, C)
         if self.cross_sum is None:
             self.mask_stats = jax.tree_util.tree_map(lambda a: a[0], s)
             self.cross_sum = jnp.zeros(R.shape[1:], jnp.float32)
             self.class_cross_sum = jnp.zeros(R.shape[1:], jnp.float32)
+            self.var_sum = jnp.zeros(R.shape[2], jnp.float32)
+            self.class_var_sum = jnp.zeros(R.shape[2], jnp.float32)
             self.class_counts = jnp.zeros(R.shape[2], jnp.float32)
         self.cross_sum = self.cross_sum + R.sum(0)
+        self.var_sum = self.var_sum + V.sum(0)
         if labels is not None:
             labels = jnp.asarray(labels, jnp.int32)
             onehot = jax.nn.one_hot(labels, R.shape[2], dtype=jnp.float32)  # (B, C)
             self.class_cross_sum = self.class_cross_sum + jnp.einsum("bkc,bc->kc", R, onehot)
+            self.class_var_sum = self.class_var_sum + jnp.einsum("bc,bc->c", V, onehot)
             self.class_counts = self.class_counts + onehot.sum(0)
         self.num_images += batch
 
@@ -255,6 +257,7 @@ class ClassStatsAccumulator:
             return {}
         return {"mask_stats": {k: np.asarray(v) for k, v in self.mask_stats._asdict().items()},
                 "cross_sum": np.asarray(self.cross_sum), "class_cross_sum": np.asarray(self.class_cross_sum),
+                "var_sum": np.asarray(self.var_sum), "class_var_sum": np.asarray(self.class_var_sum),
                 "class_counts": np.asarray(self.class_counts), "num_images": np.asarray(self.num_images)}
 
     def restore(self, state: dict) -> None:
@@ -264,6 +267,8 @@ class ClassStatsAccumulator:
         self.mask_stats = st.Stats(**{k: jnp.asarray(v) for k, v in state["mask_stats"].items()})
         self.cross_sum = jnp.asarray(state["cross_sum"])
         self.class_cross_sum = jnp.asarray(state["class_cross_sum"])
+        self.var_sum = jnp.asarray(state["var_sum"])
+        self.class_var_sum = jnp.asarray(state["class_var_sum"])
         self.class_counts = jnp.asarray(state["class_counts"])
         self.num_images = int(state["num_images"])
 
@@ -271,12 +276,12 @@ class ClassStatsAccumulator:
         if self.num_images == 0:
             raise InputError("no images were given to fit the CHIP model; check the data source")
         G = st.gram(self.mask_stats)
-        pooled = self.cross_sum / self.num_images
         counts = self.class_counts
-        per_class = self.class_cross_sum / jnp.maximum(counts, 1.0)
-        R = jnp.where(counts[None, :] > 0, per_class, pooled)
+        has_images = counts[None, :] > 0
+        R = jnp.where(has_images, self.class_cross_sum / jnp.maximum(counts, 1.0), self.cross_sum / self.num_images)
+        y_var = jnp.where(has_images[0], self.class_var_sum / jnp.maximum(counts, 1.0), self.var_sum / self.num_images)
         lam = config["lam_ratio"] * solvers.lambda_max(R, nonneg=config["nonneg"])
-        W = solvers.lasso(G, R, lam, nonneg=config["nonneg"])
+        W = solvers.lasso(G, R, lam, nonneg=config["nonneg"], tol=SOLVER_TOL, y_var=y_var)
         return CHIP(weights=W, arch=arch, layer=self.tap.layer, config=config, cross_sum=self.cross_sum,
                     class_cross_sum=self.class_cross_sum, class_counts=counts, mask_stats=self.mask_stats,
                     num_images=self.num_images)

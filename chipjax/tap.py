@@ -105,9 +105,6 @@ def tap_module(module, variables, layer: str, example_input) -> Tap:
     path = tuple(layer.split("."))
     in_shape = tuple(jnp.shape(example_input)[1:])
 
-    class _Captured(Exception):
-        pass
-
     def head_fn(variables, x):
         captured = {}
 

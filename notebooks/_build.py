@@ -200,8 +200,8 @@ Two numbers per tap make the difference visible:
 
 * **pointing game**: does the map's maximum fall on that class's object (within 15 px)?
 * **share on its own object**: of the map's mass inside the two boxes, the fraction inside the box of the class
-  asked for. About 0.5 (or less) means the map lights both objects alike (not class-discriminative); near 1
-  means each class's map lands on its own object."""),
+  asked for. About 0.5 means the map lights both objects alike (not class-discriminative); near 1 means
+  each class's map lands on its own object."""),
     ("code", '''\
 gt = list(evalsets_boxes.values())
 
@@ -235,9 +235,8 @@ Two things change as the tap moves from the input to the output, in opposite dir
   than its grid, so deep maps are blobs that spill over the object's edges, shallow maps follow outlines.
 * **Class-discriminativeness rises.** Shallow channels respond to edges, colours and textures that many
   classes share, so switching one off says little about one class in particular: the map follows the strong
-  structure of the image wherever it is, for either class (own-object share about 0.5 or below, and a noisy
-  map). Deep channels respond to object parts of particular classes: the lasso gives each class its own
-  channels, and each class's map lands on its own object (share near 1).
+  structure of the image wherever it is, for either class (own-object share about 0.5, and a noisy map). Deep channels respond to object parts of particular classes: the lasso gives each class its own
+  channels, and each class's map moves onto its own object (the share rises towards 1).
 
 So a shallow tap answers "where are the edges that the decision uses" at high resolution, a deep tap answers
 "where is the class" at low resolution. **Refined CHIP** takes both: it fuses the maps of several taps by their
@@ -312,7 +311,7 @@ for sample in evalsets.composite_set(NUM_FIT, seed=0):
 
 counts = collections.Counter(p.parent.name for p in train.glob("*/*.png"))
 for label, n in sorted(counts.items()):
-    print(f"{label:>4s} {model.labels[int(label)]:18s} {n} images")
+    print(f"{label:>4s} {model.labels[int(label)]:18s} {n} image{'s' if n > 1 else ''}")
 '''),
     ("md", """\
 ## Fit, save, reload
@@ -337,7 +336,7 @@ print("reloaded:", loaded.arch, loaded.layer, loaded.config)
 New composites (another seed: images the model was not fitted on). `cj.explain(..., chip_model=loaded)` uses the
 class-level weights; we compare with Grad-CAM at the same layer."""),
     ("code", '''\
-test = evalsets.composite_set(4, seed=1)
+test = list({s.label: s for s in reversed(evalsets.composite_set(12, seed=1))}.values())[:4]  # 4 classes
 x = jnp.concatenate([model.preprocess(s.image) for s in test])        # (4, 224, 224, 3)
 targets = [s.label for s in test]
 
@@ -361,7 +360,7 @@ c = model.labels.index("espresso")
 w = np.asarray(loaded.weights[:, c])
 print(f"espresso: {int((w != 0).sum())} of {w.size} channels have a non-zero weight")
 top, top_w = loaded.top_channels(c, k=4)
-print("top channels:", top.tolist(), "weights:", np.round(top_w, 4).tolist())
+print("top channels:", top.tolist(), "weights:", [f"{v:.4f}" for v in top_w])
 viz.channel_bars(w, k=20, class_name="espresso")
 '''),
     ("md", """\
@@ -389,7 +388,7 @@ for xb, yb in preprocessed_batches(model, folder_source(str(train)), batch_size=
     for label, a in zip(yb, act):
         per_class[int(label)].append(float(a))
 for label, acts in sorted(per_class.items(), key=lambda kv: -np.mean(kv[1])):
-    print(f"{model.labels[label]:18s} {np.mean(acts):.3f}  ({len(acts)} images)")
+    print(f"{model.labels[label]:18s} {np.mean(acts):.3f}  ({len(acts)} image{'s' if len(acts) > 1 else ''})")
 '''),
 ]
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from chipjax.chip import CHIP
 
-FIT = ["--model", "resnet18", "--weights", "none", "--layer", "layer4", "--masks", "32", "--batch-size", "1",
+FIT = ["--model", "resnet18", "--weights", "none", "--layer", "layer4", "--masks", "1024", "--batch-size", "1",
        "--checkpoint-every", "2", "-v", "-q"]
 
 
