@@ -29,6 +29,9 @@ _LAZY = {
     "metrics": ("chipjax.metrics", None),
     "data": ("chipjax.data", None),
     "viz": ("chipjax.viz", None),
+    "evalsets": ("chipjax.evalsets", None),
+    "evaluate": ("chipjax.evaluate", "evaluate"),
+    "fit_folder": ("chipjax.fit", "fit_folder"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

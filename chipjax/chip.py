@@ -172,9 +172,10 @@ class CHIP:
             raise InputError(f"this CHIP model's layer {self.layer} is not a layer of {model.name}")
 
     def top_channels(self, target: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Indices and weights of the ``k`` largest-weight channels of class ``target``."""
+        """Indices and signed weights of the ``k`` channels of class ``target`` with the largest ``|weight|``
+        (as :func:`chipjax.viz.channel_bars` ranks them)."""
         w = np.asarray(self.weights[:, target])
-        order = np.argsort(-w)[:k]
+        order = np.argsort(-np.abs(w), kind="stable")[:k]
         return order, w[order]
 
     # --- storage --------------------------------------------------------------------------

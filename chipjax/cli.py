@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=10, help="batches between progress checkpoints")
     _model_args(p)
     _common(p)
+
+    from .evaluate import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
@@ -249,6 +253,12 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .evaluate import cmd_eval as run_eval
+
+    return run_eval(args)
+
+
 def cmd_fit(args) -> int:
     from .fit import fit_folder, remove_checkpoint
 
@@ -276,7 +286,7 @@ def configure_logging(verbose: bool) -> None:
 
 
 COMMANDS = {"explain": cmd_explain, "predict": cmd_predict, "layers": cmd_layers, "convert": cmd_convert,
-            "fit": cmd_fit}
+            "fit": cmd_fit, "eval": cmd_eval}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
