@@ -2,14 +2,15 @@
 
 Each notebook runs in a fresh kernel of *this* interpreter (checked by a first cell added in memory:
 the kernel's ``sys.prefix`` must be ours, so a ``python3`` kernelspec of another Python cannot run
-them silently), with ``CHIPJAX_NOTEBOOK_SMALL=1`` (few masks, few images) and a temporary folder
-as working directory, and a time limit per cell. The files themselves must stay output-free and
+them silently), with ``CHIPJAX_NOTEBOOK_SMALL=1`` (few masks, few images), a temporary folder as working
+directory and ``TMPDIR``, and a time limit per cell. The files themselves must stay output-free and
 match their generator, ``notebooks/_build.py``.
 """
 from __future__ import annotations
 
 import importlib.util
 import pathlib
+import resource
 import sys
 import time
 
@@ -27,6 +28,12 @@ KERNEL_NAME = "python3"  # jupyter_client starts the kernelspec's "python" as sy
 def _interpreter_check_cell() -> nbformat.NotebookNode:
     source = f"import sys\nassert sys.prefix == {sys.prefix!r}, f'kernel runs {{sys.executable}}, not the test interpreter'"
     return nbformat.v4.new_code_cell(source, id="interpreter-check")
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of the finished child processes (the kernel counts once it has been shut down)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _build_module():
@@ -57,17 +64,16 @@ def test_notebook_is_stripped_and_generated(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("CHIPJAX_NOTEBOOK_SMALL", "1")
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebooks' tempfile.mkdtemp() folders land in tmp_path
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(0, _interpreter_check_cell())
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
                             resources={"metadata": {"path": str(tmp_path)}})
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _children_cpu_s()
     try:
         client.execute()
     except CellExecutionError as e:
         pytest.fail(f"{path.name}: a cell failed\n{e}", pytrace=False)
-    seconds = time.perf_counter() - start
-    print(f"{path.name}: {seconds:.1f} s")
+    print(f"{path.name}: {time.perf_counter() - start:.1f} s wall, {_children_cpu_s() - cpu_start:.1f} s kernel CPU")
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
