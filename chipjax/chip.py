@@ -201,7 +201,8 @@ class CHIP:
         if model is not None:
             out.check_compatible(model)
         if layer is not None and layer != out.layer:
-            raise InputError(f"this CHIP model was fitted at layer {out.layer}, not {layer}")
+            raise InputError(f"this CHIP model was fitted at layer {out.layer}, not {layer}; leave the layer unset to "
+                             f"use {out.layer}, or fit a CHIP model at {layer}")
         return out
 
 

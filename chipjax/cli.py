@@ -242,11 +242,9 @@ def cmd_convert(args) -> int:
     from .models import check_variables, get_spec
 
     spec = get_spec(args.arch)
+    _check_out_path(args.dst)
     state = cjio.read_state_dict(args.src)
     variables = check_variables(spec, spec.convert(state), args.src)
-    parent = os.path.dirname(os.path.abspath(args.dst))
-    if not os.path.isdir(parent):
-        raise InputError(f"output folder {parent} does not exist; create it first")
     cjio.save_variables(variables, args.dst, {"arch": spec.name, "source": os.path.basename(args.src)})
     if not args.quiet:
         print(f"wrote {spec.name} variables to {args.dst}")

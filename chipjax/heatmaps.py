@@ -57,7 +57,10 @@ def heatmap(features: jax.Array, weights: jax.Array, size: tuple[int, int]) -> j
     """``normalize01(upsample(ReLU(Σ_k w_k A_k)))``: ``(B, H, W, K), (B, K) -> (B, *size)`` in [0, 1].
 
     Features and weights are first scaled per image by powers of two (:func:`power_of_two_scale`),
-    which leaves the normalised map unchanged but keeps the sum finite for any finite inputs.
+    which leaves the normalised map unchanged but keeps the sum finite for any finite inputs. The
+    map is also normalised before upsampling (bilinear interpolation commutes with affine maps, so
+    the result is the same up to rounding): a constant map is detected exactly, at feature
+    resolution, and becomes zeros instead of interpolation round-off stretched to [0, 1].
     """
     raw = jax.nn.relu(weighted_channel_sum(power_of_two_scale(features), power_of_two_scale(weights)))
-    return normalize01(upsample(raw, size))
+    return normalize01(upsample(normalize01(raw), size))

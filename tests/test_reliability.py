@@ -15,8 +15,9 @@
   seed differs; chunk sizes (memory per step) agree to float32 rounding only, as documented in
   :func:`chipjax.explain`.
 
-Small random-init ResNet-18 at 64 px wherever a trained net is not needed; the CLI runs with its
-default model (the shipped EfficientNet-Lite0 weights, loaded offline).
+A random-init ResNet-18 (torchvision's initialisation, read from an .npz: no Flax init to compile)
+at 64 px wherever a trained net is not needed; the CLI runs with its default model (the shipped
+EfficientNet-Lite0 weights, loaded offline).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import zlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -34,8 +36,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
-
-import jax
 
 import chipjax as cj
 from chipjax import heatmaps, metrics
@@ -100,22 +100,14 @@ class Files:
 
 
 @pytest.fixture(scope="module")
-def model():
-    return cj.load_model("resnet18", weights=None)
-
-
-@pytest.fixture(scope="module")
-def x64():
-    return jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32))
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory, model):
+def files(tmp_path_factory):
     import torch
     import torchvision
 
     root = tmp_path_factory.mktemp("reliability")
     f = Files(root)
+    torch.manual_seed(0)
+    np.savez(f["resnet18.npz"], **{k: v.numpy() for k, v in torchvision.models.resnet18().state_dict().items()})
     rgb = (np.random.default_rng(1).random((24, 32, 3)) * 255).astype(np.uint8)
     Image.fromarray(rgb).save(f["ok.png"])
     Image.fromarray(rgb).save(f["ok.jpg"], quality=95)
@@ -130,7 +122,7 @@ def files(tmp_path_factory, model):
     Image.fromarray(nan_field, mode="F").save(f["nan.tiff"])
 
     # weights: another architecture, damaged files, a pickle that runs a command
-    r34 = {k: v for k, v in torchvision.models.resnet34(weights=None).state_dict().items()}
+    r34 = torchvision.models.resnet34(weights=None).state_dict()
     torch.save(r34, f["resnet34.pth"])
     small = {k: v.numpy() for k, v in list(r34.items())[:12]}
     np.savez(f["small.npz"], **small)
@@ -146,19 +138,30 @@ def files(tmp_path_factory, model):
     (root / "corrupt.npz").write_bytes(damage(npz, len(npz) // 2))          # inside an array: zip CRC fails
     torch.save({"conv1.weight": Payload(root / "PWNED_zip")}, f["evil.pth"])
     (root / "evil.pkl").write_bytes(pickle.dumps({"conv1.weight": Payload(root / "PWNED_raw")}, protocol=2))
-    cjio.save_variables(model.variables, f["resnet18_vars"], {"arch": "resnet18"})
-    np.savez(f["resnet18.npz"], **{k: v.numpy() for k, v in torchvision.models.resnet18().state_dict().items()})
+    f.model = cj.load_model("resnet18", weights=f["resnet18.npz"])  # torchvision's random init
+    cjio.save_variables(f.model.variables, f["resnet18_vars"], {"arch": "resnet18"})
 
     # class-level CHIP models fitted elsewhere (written as `chipjax fit` writes them)
     w = np.random.default_rng(2).normal(size=(512, 1000)).astype(np.float32)
     CHIP(weights=w, arch="resnet18", layer="layer4", config={}).save(f["chip_r18_layer4"])
     CHIP(weights=w, arch="resnet34", layer="layer4", config={}).save(f["chip_r34_layer4"])
-    other = next(l for l in reversed(EFF_LAYERS) if l != EFF.default_layer)
+    other = next(l for l in EFF.stage_layers if l != EFF.default_layer)
     CHIP(weights=w, arch="efficientnet_lite0", layer=other, config={}).save(f["chip_eff_other_layer"])
 
     os.makedirs(f["data/281"])
     Image.fromarray(rgb).save(f["data/281/cat.png"])
     return f
+
+
+@pytest.fixture(scope="module")
+def model(files):
+    """A random-init ResNet-18 (loading torchvision's initialisation skips compiling Flax's init)."""
+    return files.model
+
+
+@pytest.fixture(scope="module")
+def x64():
+    return jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32))
 
 
 @pytest.fixture
@@ -217,7 +220,7 @@ LIBRARY_CASES = [
     ("a folder", lambda f, m, x: m.preprocess(f["a_folder.png"]), ImageError, ["folder, not an image"]),
     ("decompression bomb", lambda f, m, x: to_rgb_uint8(f["bomb.png"]), ImageError,
      ["too large to open safely", "10000000000 pixels", "MAX_IMAGE_PIXELS"]),
-    ("NaN in a float image file", lambda f, m, x: to_rgb_uint8(f["nan.tiff"]), InputError, ["NaN"]),
+    ("NaN in a float image file", lambda f, m, x: to_rgb_uint8(f["nan.tiff"]), InputError, ["nan.tiff: ", "NaN"]),
     ("negative image array", lambda f, m, x: to_rgb_uint8(-np.ones((4, 4), np.int16)), InputError, ["negative"]),
     ("5 colour channels", lambda f, m, x: to_rgb_uint8(np.zeros((4, 4, 5), np.uint8)), InputError, ["1, 3 or 4"]),
     # arrays given to the model and to cj.explain
@@ -248,7 +251,9 @@ LIBRARY_CASES = [
     ("class name not found", lambda f, m, x: cj.explain(m, x, method="gradcam", layer="layer4", target="tabbby"),
      InputError, ["'tabbby' not found", "did you mean 'tabby'"]),
     ("unknown option", lambda f, m, x: cj.explain(m, x, method="gradcam", num_masks=8), InputError,
-     ["takes no option num_masks"]),
+     ["takes no option num_masks", "it takes no options"]),
+    ("misspelt option", lambda f, m, x: cj.explain(m, x, method="chip", num_mask=8), InputError,
+     ["takes no option num_mask;", "num_masks", "keep_prob"]),
     # weights
     ("resnet34 weights into resnet18", lambda f, m, x: cj.load_model("resnet18", weights=f["resnet34.pth"]),
      WeightsError, ["'layer1.2.conv1.weight'", "another architecture"]),
@@ -334,12 +339,16 @@ def test_malicious_checkpoint_is_refused_before_anything_runs(files, fmt, capsys
                    "posix.system", "ran nothing")
     assert not marker.exists()
     assert not (files.root / "converted").exists()
-    # the fixture is live: an unrestricted unpickler runs it
-    if fmt == "evil.pkl":
+    # the fixture is live: an unrestricted loader runs it
+    if fmt == "evil.pth":
+        import torch
+
+        torch.load(files[fmt], weights_only=False)
+    else:
         with open(files[fmt], "rb") as handle:
             pickle.load(handle)
-        assert marker.exists()
-        marker.unlink()
+    assert marker.exists()
+    marker.unlink()
 
 
 def test_good_inputs_pass_the_same_checks(files, model, x64):
@@ -350,7 +359,6 @@ def test_good_inputs_pass_the_same_checks(files, model, x64):
     maps = np.asarray(cj.explain(model, x64, method="gradcam", layer="layer4", target=np.int64(999)))
     assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()
     assert cj.solvers.lasso(jnp.eye(3), jnp.ones((3, 2)), 0.0).shape == (3, 2)
-    assert np.asarray(model(x64[:1, :1, :1])).shape == (1, 1000)  # a 1×1 image runs
 
 
 # ================================================================================================
@@ -513,7 +521,10 @@ def test_16_bit_grayscale_is_scaled_by_65535(tmp_path):
     rgb = to_rgb_uint8(tmp_path / "g16.png")
     want = np.floor(values / 65535.0 * 255.0 + 0.5).astype(np.uint8)
     np.testing.assert_array_equal(rgb, np.repeat(want[..., None], 3, axis=-1))
-    assert rgb[0, 2, 0] == 128 and rgb[0, 3, 0] == 255  # a dark 16-bit image stays dark (not auto-stretched)
+    assert rgb[0, 2, 0] == 128 and rgb[0, 3, 0] == 255
+    Image.fromarray(values // 64).save(tmp_path / "dark16.png")        # max 1023: stays dark, not auto-stretched
+    np.testing.assert_array_equal(to_rgb_uint8(tmp_path / "dark16.png")[..., 0],
+                                  np.floor((values // 64) / 65535.0 * 255.0 + 0.5).astype(np.uint8))
 
 
 def test_palette_grayscale_rgba_and_cmyk_are_converted(tmp_path):
@@ -595,19 +606,24 @@ def test_big_images_between_pils_limits_load_quietly(tmp_path, monkeypatch, recw
 # ================================================================================================
 
 # Few shapes, so that hypothesis explores values rather than compiling new programs.
-SHAPES = st.sampled_from([(1, 1, 1, 1), (1, 3, 4, 5), (2, 4, 4, 3)])
-SIZES = st.sampled_from([(1, 1), (7, 5), (8, 8)])
+SHAPES = st.sampled_from([(1, 1, 1, 1), (2, 3, 4, 5)])
+SIZES = st.sampled_from([(1, 1), (7, 9)])
 KINDS = st.sampled_from(["any", "zeros", "constant", "huge", "tiny"])
+
+
+def _f32(value: float) -> float:
+    return float(np.float32(value))
 
 
 def _values(draw, shape, kind):
     if kind == "zeros":
         return np.zeros(shape, np.float32)
     if kind == "constant":
-        return np.full(shape, draw(st.floats(-1e30, 1e30, width=32)), np.float32)
+        return np.full(shape, draw(st.floats(_f32(-1e30), _f32(1e30), width=32)), np.float32)
+    huge, top, tiny = _f32(1e30), _f32(3e38), _f32(1e-30)
     elements = {"any": st.floats(width=32, allow_nan=False, allow_infinity=False),
-                "huge": st.floats(1e30, 3e38, width=32) | st.floats(-3e38, -1e30, width=32),
-                "tiny": st.floats(-1e-30, 1e-30, width=32)}[kind]
+                "huge": st.floats(huge, top, width=32) | st.floats(-top, -huge, width=32),
+                "tiny": st.floats(-tiny, tiny, width=32)}[kind]
     return draw(hnp.arrays(np.float32, shape, elements=elements))
 
 
@@ -619,15 +635,21 @@ def features_and_weights(draw):
     return A, w, draw(SIZES)
 
 
+_heatmap = jax.jit(heatmaps.heatmap, static_argnums=2)  # one compile per shape, not one per operation
+
+
 @settings(max_examples=40, deadline=None)
 @given(features_and_weights())
 def test_heatmap_is_finite_in_unit_range_and_input_sized(case):
     A, w, size = case
-    maps = np.asarray(heatmaps.heatmap(A, w, size))
+    maps = np.asarray(_heatmap(A, w, size))
     assert maps.shape == (A.shape[0],) + size
     assert np.isfinite(maps).all()
     assert maps.min() >= 0.0 and maps.max() <= 1.0
-    assert maps.max() in (0.0, 1.0)  # normalised per map, or all zero (constant, never NaN)
+    peaks = maps.max(axis=(1, 2))
+    assert ((peaks == 0) | (peaks >= 1 - 1e-6)).all()  # normalised per map (to rounding under jit), or all zero
+    flat = (A == A[:, :1, :1, :]).all(axis=(1, 2, 3))
+    assert (maps[flat] == 0).all()  # features constant over the image: a zero map, never NaN or noise
 
 
 @settings(max_examples=25, deadline=None)
@@ -639,8 +661,8 @@ def test_heatmap_ignores_power_of_two_rescaling(case, exponent):
     normal = lambda a: np.all((a == 0) | ((np.abs(a) > 1e-37) & (np.abs(a) < 3e38)))
     if not (normal(A) and normal(scaled)):
         return  # subnormal (flushed to zero by XLA on CPU) or overflowing float32 values: not a rescaling
-    np.testing.assert_array_equal(np.asarray(heatmaps.heatmap(scaled.astype(np.float32), w, size)),
-                                  np.asarray(heatmaps.heatmap(A, w, size)))
+    np.testing.assert_array_equal(np.asarray(_heatmap(scaled.astype(np.float32), w, size)),
+                                  np.asarray(_heatmap(A, w, size)))
 
 
 def test_heatmap_of_overflowing_sums_keeps_the_hot_spot():
@@ -697,25 +719,22 @@ def test_boxes_from_maps_are_inside_scale_free_and_batch_consistent(maps, thresh
 
 
 def test_same_seed_same_maps_other_seed_other_maps_chunks_to_rounding(model, x64):
-    options = dict(layer="layer4", num_masks=48, target=[281, 3])
-    first = np.asarray(cj.explain(model, x64, seed=7, **options))
-    again = np.asarray(cj.explain(model, x64, seed=7, **options))
-    rebuilt = Model(model.spec, model.variables, "same weights, fresh jit")
-    fresh = np.asarray(cj.explain(rebuilt, x64, seed=7, **options))
-    np.testing.assert_array_equal(again, first)
-    np.testing.assert_array_equal(fresh, first)
-    other = np.asarray(cj.explain(model, x64, seed=8, **options))
+    options = dict(layer="layer4", num_masks=2048, target=[281, 3])
+    first = np.asarray(cj.explain(model, x64, seed=8, **options))
+    np.testing.assert_array_equal(np.asarray(cj.explain(model, x64, seed=8, **options)), first)
+    rebuilt = Model(model.spec, model.variables, "same weights, compiled afresh")
+    np.testing.assert_array_equal(np.asarray(cj.explain(rebuilt, x64, seed=8, **options)), first)
+    other = np.asarray(cj.explain(model, x64, seed=9, **options))
     assert np.abs(other - first).max() > 0.05
-    for chunk_size in (2, 14):  # 1 and 7 masks per step for 2 images; 7 does not divide 48
-        chunked = np.asarray(cj.explain(model, x64, seed=7, chunk_size=chunk_size, **options))
-        np.testing.assert_allclose(chunked, first, atol=2e-5)
+    chunked = np.asarray(cj.explain(model, x64, seed=8, chunk_size=14, **options))  # 7 masks a step: not a divisor
+    np.testing.assert_allclose(chunked, first, atol=1e-4)
 
 
 def test_class_level_weights_are_deterministic(model, x64):
     batches = [(x64, np.array([1, 2]))]
-    fit = lambda seed, chunk: np.asarray(CHIP.fit(model, "layer4", batches, num_masks=32, seed=seed,
+    fit = lambda seed, chunk: np.asarray(CHIP.fit(model, "layer4", batches, num_masks=1024, seed=seed,
                                                   chunk_size=chunk).weights)
-    W = fit(0, 64)
-    np.testing.assert_array_equal(fit(0, 64), W)
-    assert np.abs(fit(1, 64) - W).max() > 1e-3 * np.abs(W).max()
-    np.testing.assert_allclose(fit(0, 10), W, atol=1e-5 * np.abs(W).max())
+    W = fit(0, 256)
+    np.testing.assert_array_equal(fit(0, 256), W)
+    assert np.abs(fit(1, 256) - W).max() > 1e-2 * np.abs(W).max()
+    np.testing.assert_allclose(fit(0, 100), W, atol=1e-4 * np.abs(W).max())  # 50 masks a step: not a divisor

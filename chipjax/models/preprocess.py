@@ -113,7 +113,12 @@ def to_rgb_uint8(image) -> np.ndarray:
     [0, 1] when their maximum is ≤ 1, else as [0, 255].
     """
     if isinstance(image, (str, os.PathLike)):
-        image = load_image(image)
+        try:
+            return _pil_to_rgb(load_image(image))
+        except InputError as e:
+            if isinstance(e, ImageError):
+                raise
+            raise type(e)(f"{os.fspath(image)}: {e}") from None
     if isinstance(image, Image.Image):
         return _pil_to_rgb(image)
     if hasattr(image, "shape"):
