@@ -85,12 +85,14 @@ def cpu_model() -> str:
 
 
 def versions() -> dict[str, str]:
+    """Installed versions of the packages the benchmarks use (distribution names)."""
+    from importlib import metadata
+
     out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "numpy", "torch", "torchvision", "sklearn", "pytorch_grad_cam"):
+    for name in ("jax", "jaxlib", "flax", "numpy", "torch", "torchvision", "scikit-learn", "grad-cam"):
         try:
-            module = __import__(name)
-            out[name] = getattr(module, "__version__", "?")
-        except Exception:  # noqa: BLE001
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             continue
     return out
 
@@ -123,9 +125,10 @@ def set_threads(n: int) -> None:
         pass
 
 
-def matmul_rate(dtype: str = "float32", n: int = 2048, reps: int = 5) -> float:
-    """Measured FLOP/s of an ``n × n @ n × n`` matmul in ``dtype`` (float32 at precision highest;
-    bfloat16 with float32 accumulation), median of ``reps``."""
+def matmul_rate(dtype: str = "float32", n: int = 2048, reps: int = 5, precision=None) -> float:
+    """Measured FLOP/s of an ``n × n @ n × n`` matmul in ``dtype`` (bfloat16 with float32 accumulation),
+    median of ``reps``. ``precision`` None: XLA's default, as a network's layers run (TF32 on recent
+    NVIDIA GPUs for float32; exact float32 on CPU)."""
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -133,7 +136,7 @@ def matmul_rate(dtype: str = "float32", n: int = 2048, reps: int = 5) -> float:
     dt = jnp.dtype(dtype)
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
-    f = jax.jit(lambda a, b: lax.dot(a, b, precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32))
+    f = jax.jit(lambda a, b: lax.dot(a, b, precision=precision, preferred_element_type=jnp.float32))
     times = interleaved({"mm": lambda: f(a, b)}, reps=reps, warmup=1)["mm"]
     return 2.0 * n ** 3 / median(times)
 

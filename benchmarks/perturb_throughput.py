@@ -1,17 +1,20 @@
 """Perturbed-tail throughput of CHIP against the plain batched tail forward (the practical ceiling).
 
-For each (model, tap) the same number of tail evaluations, in the same chunks, is run two ways,
+For each (model, tap) the same number of tail evaluations, in the same chunks, is run these ways,
 alternately (see :mod:`benchmarks.common`):
 
 * **ours**: :func:`chipjax.perturb.perturbation_stats` — sample ``N`` masks, run the tail on
   ``A ⊙ m`` for every image and mask, stream the CHIP statistics (image-level CHIP: each image's
-  top class, C' = 1; ``--classes all`` streams all 1 000 classes as a class-level fit does);
+  top class, C' = 1; ``--classes all`` streams all 1 000 classes as a class-level fit does) —
+  called with a concrete key, so the mask Gram comes from the per-stream cache;
+* **in-jit**: the same inside ``jax.jit`` with a traced key (as ``chip.chip_weights`` calls it):
+  the mask Gram is accumulated in the loop on every call;
 * **plain**: the jitted tail on ``chunk · B`` ready-made inputs, called ``N / chunk`` times.
 
 ``ratio = plain time / ours time`` (1.0 = the perturbation costs nothing on top of the tail).
 The arithmetic ceiling is XLA's FLOP count of one tail evaluation
 (``jit(tail).lower(...).compile().cost_analysis()``) against this machine's measured matmul rate
-(float32 at precision highest, or bf16 with ``--dtype bfloat16``). ``--baseline FILE`` also
+at XLA's default precision (as the tail runs), float32 or bf16. ``--baseline FILE`` also
 times another version of ``perturb.py`` (e.g. the engine before a change) on the same cases.
 
     python -m benchmarks.perturb_throughput --quick
@@ -68,6 +71,11 @@ def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, d
         return perturb.perturbation_stats(tap.tail_fn, tap.variables, A, key, num_masks=num_masks, chunk=chunk,
                                           classes=top, compute_dtype=compute)
 
+    @jax.jit
+    def ours_in_jit(variables, A, key, top):  # as chip.chip_weights calls it: traced key, Gram in the loop
+        return perturb.perturbation_stats(tap.tail_fn, variables, A, key, num_masks=num_masks, chunk=chunk,
+                                          classes=top, compute_dtype=compute)
+
     variables = perturb.cast_floating(tap.variables, compute)
     inputs = jax.random.normal(jax.random.key(2), (chunk * batch,) + A.shape[1:], jnp.float32).astype(
         compute or jnp.float32)
@@ -77,7 +85,7 @@ def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, d
     def plain():
         return [tail(variables, inputs) for _ in range(calls)]
 
-    cases = {"ours": ours, "plain": plain}
+    cases = {"ours": ours, "ours_in_jit": lambda: ours_in_jit(tap.variables, A, key, top), "plain": plain}
     if baseline is not None and dtype == "float32":
         cases["before"] = lambda: baseline.perturbation_stats(
             tap.tail_fn, tap.variables, A, key, num_masks=num_masks, chunk=chunk, keep_prob=0.5, balanced=False,
@@ -87,11 +95,13 @@ def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, d
     evals = num_masks * batch
     t_ours, t_plain = common.median(times["ours"]), common.median(times["plain"]) * num_masks / (calls * chunk)
     row = dict(model=name, layer=layer, dtype=dtype, B=batch, N=num_masks, chunk=chunk,
-               ours=evals / t_ours, plain=evals / t_plain,
+               ours=evals / t_ours, plain=evals / t_plain, images=batch / t_ours,
                ratio=common.median_ratio(times["plain"], times["ours"]) * num_masks / (calls * chunk),
                gflop=flops_per_eval / 1e9, achieved=flops_per_eval * evals / t_ours / 1e9,
                arith=rates[dtype] / flops_per_eval)
     row["of_arith"] = row["ours"] / row["arith"]
+    row["in_jit"] = evals / common.median(times["ours_in_jit"])
+    row["in_jit_ratio"] = common.median_ratio(times["plain"], times["ours_in_jit"]) * num_masks / (calls * chunk)
     if "before" in times:
         row["before"] = evals / common.median(times["before"])
         row["speedup"] = common.median_ratio(times["before"], times["ours"])
@@ -110,6 +120,8 @@ def main(argv=None) -> list[dict]:
                    help="scores streamed per image: its top class (image-level CHIP) or all (class-level)")
     p.add_argument("--baseline", default=None, help="another perturb.py to time as 'before'")
     p.add_argument("--matmul-size", type=int, default=None, help="n of the n×n matmul measuring the peak rate")
+    p.add_argument("--tflops", action="store_true", help="report FLOP rates in TFLOP/s (accelerators)")
+    p.add_argument("--label", default="", help="appended to the RESULTS.md section title (e.g. the machine)")
     args = p.parse_args(argv)
     reps = args.reps or (3 if args.quick else 5)
     dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
@@ -128,24 +140,34 @@ def main(argv=None) -> list[dict]:
                                classes=args.classes, reps=reps, rates=rates, baseline=baseline)
                 rows.append(row)
                 print(f"{case} B={batch} {dt}: ours {row['ours']:.0f} evals/s, plain {row['plain']:.0f}, "
-                      f"ratio {row['ratio']:.2f}" + (f", before {row['before']:.0f} (×{row['speedup']:.2f})"
+                      f"ratio {row['ratio']:.2f}, in jit {row['in_jit_ratio']:.2f}" + (f", before {row['before']:.0f} (×{row['speedup']:.2f})"
                                                      if "before" in row else ""), flush=True)
+    unit = "TFLOP/s" if args.tflops else "GFLOP/s"
+    if args.tflops:
+        for r in rows:
+            r["achieved"] /= 1e3
     headers = ["model", "tap", "dtype", "B", "N", "chunk", "ours evals/s", "plain evals/s", "ours/plain",
-               "GFLOP/eval", "ours GFLOP/s", "arith. ceiling evals/s", "ours/arith."]
-    keys = ["model", "layer", "dtype", "B", "N", "chunk", "ours", "plain", "ratio", "gflop", "achieved", "arith",
-            "of_arith"]
+               "in-jit evals/s", "in-jit/plain", "images/s", "GFLOP/eval", f"ours {unit}", "arith. ceiling evals/s",
+               "ours/arith."]
+    keys = ["model", "layer", "dtype", "B", "N", "chunk", "ours", "plain", "ratio", "in_jit", "in_jit_ratio", "images",
+            "gflop", "achieved", "arith", "of_arith"]
     if baseline is not None:
         headers += ["before evals/s", "ours/before"]
         keys += ["before", "speedup"]
     body = common.table(headers, [[r.get(k, float("nan")) for k in keys] for r in rows])
-    rate_text = ", ".join(f"{dt} {r / 1e9:.0f} GFLOP/s" for dt, r in rates.items())
-    notes = (f"Measured matmul rate ({size}×{size}): {rate_text}. Scores streamed per image: "
+    scale, unit = (1e12, "TFLOP/s") if args.tflops else (1e9, "GFLOP/s")
+    rate_text = ", ".join(f"{dt} {r / scale:.3g} {unit}" for dt, r in rates.items())
+    notes = (f"Measured matmul peak ({size}×{size}, XLA default precision, as the tail runs): {rate_text}; "
+             "ours/arith. = achieved FLOP rate / that peak. images/s = images explained per second "
+             "(N masks each). 'ours' calls perturbation_stats with a concrete key (the mask Gram comes from its "
+             "per-stream cache, as in a sweep over many images with one seed); 'in-jit' calls it inside jit with a "
+             "traced key, as chip.chip_weights does today (Gram accumulated in the loop, every call). Scores streamed per image: "
              f"{'the top class (image-level CHIP)' if args.classes == 'one' else 'all 1000 classes'}. "
              f"Medians of {reps} interleaved repetitions after one warm-up; ours/plain is the median of "
              "per-repetition ratios.")
     print(body)
     print(notes)
-    common.append_section("perturb_throughput", body + "\n\n" + notes, write=not args.no_write)
+    common.append_section(" ".join(["perturb_throughput", args.label]).strip(), body + "\n\n" + notes, write=not args.no_write)
     return rows
 
 

@@ -36,6 +36,7 @@ The merged statistics equal those of one process streaming every image (to float
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import jax
@@ -124,39 +125,57 @@ def merge_stats(stats: st.Stats) -> st.Stats:
 def merge_class_statistics(accumulator) -> Any:
     """Merge a :class:`chipjax.chip.ClassStatsAccumulator` across processes, in place; returns it.
 
-    Sums the per-image cross moments, the per-class sums and counts and the image counts; the
-    mask statistics are the same in every process (same seed, same masks) and are taken from
-    the first process that saw images. A process with no images contributes zeros. Every
-    process ends with the same totals.
+    Works on the accumulator's :meth:`state` tree: every running sum (cross moments, variances,
+    class counts, image counts) is summed over the processes (in float64, then back to its
+    dtype); the mask statistics are the same in every process (same seed, same masks) and are
+    taken from the first process that saw images. A process with no images contributes zeros
+    (it learns the shapes from that first process). Every process ends with the same totals.
     """
     if jax.process_count() == 1:
         return accumulator
-    has = accumulator.num_images > 0
-    K, C = accumulator.cross_sum.shape if has else (0, 0)
-    info = allgather(np.array([accumulator.num_images, K, C], np.int64))  # (P, 3)
-    K, C = int(info[:, 1].max()), int(info[:, 2].max())
-    if K == 0:
+    flat = _flatten(accumulator.state())
+    flat.pop("num_images", None)
+    counts = allgather(np.array([accumulator.num_images], np.int32))[:, 0]  # (P,)
+    if not np.any(counts > 0):
         raise InputError("no process had any images to fit on; check each host's share of the data")
-    zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
-    mask_fields = (accumulator.mask_stats if has else
-                   st.Stats(zeros(), zeros(K), zeros(1), zeros(K, K), zeros(K, 1), zeros(1)))
-    local = {
-        "cross_sum": np.asarray(accumulator.cross_sum) if has else zeros(K, C),
-        "class_cross_sum": np.asarray(accumulator.class_cross_sum) if has else zeros(K, C),
-        "class_counts": np.asarray(accumulator.class_counts) if has else zeros(C),
-        "mask_stats": {name: np.asarray(f) for name, f in zip(st.Stats._fields, mask_fields)
-                       if name in ("count", "mask_mean", "mask_comoment")},
-    }
-    gathered = allgather(local)
-    total = lambda a: jnp.asarray(a.astype(np.float64).sum(axis=0).astype(np.float32))  # noqa: E731
-    first = int(np.flatnonzero(info[:, 0] > 0)[0])
-    accumulator.cross_sum = total(gathered["cross_sum"])
-    accumulator.class_cross_sum = total(gathered["class_cross_sum"])
-    accumulator.class_counts = total(gathered["class_counts"])
-    accumulator.mask_stats = st.Stats(*mask_fields)._replace(
-        **{name: jnp.asarray(values[first]) for name, values in gathered["mask_stats"].items()})
-    accumulator.num_images = int(info[:, 0].sum())
+    first = int(np.flatnonzero(counts > 0)[0])
+    spec = json.dumps({k: [list(v.shape), str(v.dtype)] for k, v in flat.items()}).encode()
+    if len(spec) > _SPEC_BYTES:
+        raise InputError("the accumulator state has too many fields to merge across processes")
+    specs = allgather(np.frombuffer(spec.ljust(_SPEC_BYTES, b" "), np.uint8))  # (P, _SPEC_BYTES)
+    template = json.loads(bytes(specs[first]).decode())
+    local = {k: flat[k] if flat else np.zeros(shape, dtype) for k, (shape, dtype) in template.items()}
+    gathered = allgather({k: v.astype(np.float32) for k, v in local.items()})
+    merged = {k: (v[first] if k.startswith("mask_stats/") else v.astype(np.float64).sum(axis=0))
+              .astype(template[k][1]) for k, v in gathered.items()}
+    merged["num_images"] = np.asarray(int(counts.sum()))
+    accumulator.restore(_unflatten(merged))
     return accumulator
+
+
+_SPEC_BYTES = 1 << 14
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """``{"a": {"b": x}}`` -> ``{"a/b": np.asarray(x)}``."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = np.asarray(value)
+    return out
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+    out: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
 
 
 def class_statistics(tap, batches: Iterable, *, num_masks: int = 2048, keep_prob: float = 0.5, score: str = "prob",

@@ -13,14 +13,17 @@ scores ``(N, B, C)`` (softmax probabilities or logits of C classes).
 How the statistics are streamed (all exact up to float32 rounding):
 
 * Every image sees the same masks, so the mask part of the statistics (count, ``Σ m``,
-  ``Σ m mᵀ``) is computed once per chunk for all B images. Masks are 0/1, so these sums
-  are integers, accumulated *uncentred* and exactly (float32 holds integers below 2²⁴;
-  hence at most 2²⁴ masks per call), and centred once at the end. On GPU/TPU the
-  ``Σ m mᵀ`` matmul runs on bfloat16 inputs with float32 accumulation — still exact for
-  0/1 masks — at the bf16 matmul rate.
+  ``Σ m mᵀ``) is computed once for all B images. Masks are 0/1, so these sums are integers,
+  accumulated *uncentred* and exactly (float32 holds integers below 2²⁴; hence at most 2²⁴
+  masks per call) and centred once at the end. The Gram ``Σ m mᵀ`` (N·K² multiply-adds, as
+  much as a whole ResNet-50 layer4 tail) depends on the mask stream only: with a concrete key
+  it is computed once per stream and cached (:func:`mask_gram`), so a sweep over many images
+  with one seed pays it once; under an outer ``jit`` (traced key) it is accumulated in the
+  loop. On GPU/TPU it multiplies bfloat16 inputs with float32 accumulation — still exact.
 * Scores are accumulated *shifted* by their mean over the first chunk (the shifted-data
   algorithm: ``Σ m (y − c)``, ``Σ (y − c)``, ``Σ (y − c)²``), which keeps the centred
-  co-moments accurate without a merge per chunk.
+  co-moments accurate without a merge per chunk (a Chan merge of the K × K co-moment per
+  chunk cost more than the tail itself on XLA:CPU).
 * With several local devices, each runs its own slice of the mask numbers under
   ``shard_map`` over a 1-D :class:`jax.sharding.Mesh` (axis ``"masks"``); the per-device
   statistics are pooled with :func:`chipjax.stats.psum_merge` (one psum per field).
@@ -29,11 +32,13 @@ Options for speed and memory: ``compute_dtype=jnp.bfloat16`` runs the tail in bf
 statistics stay float32); ``memory_budget`` (bytes) picks the chunk from a per-evaluation
 activation estimate (:func:`tail_memory`) and raises
 :class:`~chipjax.errors.ResourceError` before anything runs when even one perturbed
-evaluation of the B images cannot fit.
+evaluation of the B images cannot fit. Nothing in the sweep is worth donating: the features
+stay with the caller (heat maps) and XLA updates the scan's sums in place.
 """
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from functools import partial
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -107,17 +112,26 @@ def sample_masks(key: jax.Array, indices: jax.Array, num_channels: int, keep_pro
       key: PRNG key of the whole mask stream.
       indices: ``(n,)`` int mask numbers.
       num_channels: K.
-      keep_prob: probability that a channel stays on (Bernoulli), or the kept
-        fraction when ``balanced`` (exactly ``round(keep_prob * K)`` channels on, a
-        uniformly random subset drawn by selection sampling, Knuth's Algorithm S).
+      keep_prob: probability that a channel stays on — independent Bernoulli draws, each
+        from 16 random bits (``keep_prob`` resolved to 2⁻¹⁶; 0.5 exactly), 3× cheaper than
+        ``jax.random.bernoulli`` — or, when ``balanced``, the kept fraction: exactly
+        ``round(keep_prob * K)`` channels on, a uniformly random subset drawn by selection
+        sampling (Knuth's Algorithm S).
     Returns:
       ``(n, K)`` float32 of 0/1.
     """
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(indices))
     if not balanced:
-        return jax.vmap(lambda k: jax.random.bernoulli(k, keep_prob, (num_channels,)))(keys).astype(jnp.float32)
+        threshold = jnp.uint32(round(float(keep_prob) * 65536))
+        return jax.vmap(lambda k: _uniform16(k, num_channels) < threshold)(keys).astype(jnp.float32)
     u = jax.vmap(lambda k: jax.random.uniform(k, (num_channels,)))(keys)  # (n, K)
     return _selection_sample(u, int(round(keep_prob * num_channels)))
+
+
+def _uniform16(key: jax.Array, size: int) -> jax.Array:
+    """``(size,)`` uint32 uniform on ``0 … 65535``: both 16-bit halves of ``ceil(size / 2)`` random words."""
+    words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
+    return jnp.stack([words >> 16, words & 0xFFFF], axis=-1).reshape(-1)[:size]
 
 
 def _selection_sample(u: jax.Array, keep: int) -> jax.Array:
@@ -225,8 +239,12 @@ def shared_perturbation_stats(tail_fn: Callable, variables: Any, features: jax.A
     ``score_mean (B, C')``, ``cross_comoment (B, K, C')``, ``score_sqdev (B, C')`` per image.
     Saves the ``B`` copies of the ``(K, K)`` mask co-moment; :func:`expand_shared` gives the
     batched layout.
+
+    With a concrete ``key`` (not traced inside an outer ``jit``) the mask Gram comes from
+    :func:`mask_gram`'s cache, so a sweep over many images with one seed computes it once.
     """
     batch, num_channels = features.shape[0], features.shape[-1]
+    check_perturbation_args(num_masks, keep_prob, 1 if chunk is None else chunk, score)
     devices = tuple(jax.local_devices() if devices is None else devices)
     if not devices:
         raise InputError("devices must name at least one device")
@@ -237,10 +255,13 @@ def shared_perturbation_stats(tail_fn: Callable, variables: Any, features: jax.A
         chunk = fit if chunk is None else min(int(chunk), fit)
     elif chunk is None:
         chunk = default_chunk(per_device, batch)
-    check_perturbation_args(num_masks, keep_prob, chunk, score)
     if classes is not None and (classes.ndim != 2 or classes.shape[0] != batch):
         raise InputError(f"classes must have shape (B, C') = ({batch}, C'); got {classes.shape}")
-    return _shared_stats_jit(tail_fn, variables, features, key, classes, num_masks=int(num_masks),
+    gram = None
+    if _key_identity(key) is not None:  # not traced: the mask Gram can come from the cache
+        gram = mask_gram(key, num_masks=int(num_masks), num_channels=num_channels, keep_prob=keep_prob,
+                         balanced=balanced)
+    return _shared_stats_jit(tail_fn, variables, features, key, classes, gram, num_masks=int(num_masks),
                              chunk=min(int(chunk), per_device), keep_prob=float(keep_prob), balanced=bool(balanced),
                              score=score, compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype),
                              devices=devices, gram_mode=mask_gram_mode(devices[0].platform), K=num_channels)
@@ -271,10 +292,11 @@ class _Sums(NamedTuple):
 
 
 def _chunk_sums(masks: jax.Array, scores: jax.Array, valid: jax.Array | None, shift: jax.Array | None,
-                gram_mode: str) -> _Sums:
+                gram_mode: str | None) -> _Sums:
     """Sums of one chunk: ``masks (n, K)`` 0/1, ``scores (n, B, C')``, ``valid (n,)`` bool or None (all).
 
-    ``shift None``: shift by this chunk's own mean scores.
+    ``shift None``: shift by this chunk's own mean scores. ``gram_mode None``: skip the mask Gram
+    (it comes from elsewhere; ``mask_gram`` is then a placeholder 0).
     """
     n = masks.shape[0]
     w = jnp.ones((n,), jnp.float32) if valid is None else valid.astype(jnp.float32)
@@ -287,7 +309,7 @@ def _chunk_sums(masks: jax.Array, scores: jax.Array, valid: jax.Array | None, sh
     return _Sums(
         count=count,
         mask_sum=jnp.sum(weighted, axis=0),
-        mask_gram=_mask_gram(weighted, masks, gram_mode),
+        mask_gram=jnp.zeros(()) if gram_mode is None else _mask_gram(weighted, masks, gram_mode),
         shift=shift,
         score_sum=jnp.sum(wd, axis=0),
         cross_sum=jnp.einsum("nk,nbc->bkc", masks, wd, precision=_HIGHEST),
@@ -300,8 +322,9 @@ def _add_sums(a: _Sums, b: _Sums) -> _Sums:
     return jax.tree.map(jnp.add, a, b)._replace(shift=a.shift)
 
 
-def _stats_from_sums(s: _Sums) -> st.Stats:
-    """Centre the sums once: Stats in the shared layout."""
+def _stats_from_sums(s: _Sums, gram: jax.Array | None = None) -> st.Stats:
+    """Centre the sums once: Stats in the shared layout (``gram``: Σ w m mᵀ if not in ``s``)."""
+    gram = s.mask_gram if gram is None else gram
     inv = jnp.where(s.count > 0, 1.0 / jnp.maximum(s.count, 1.0), 0.0)
     mask_mean = s.mask_sum * inv
     score_delta = s.score_sum * inv  # (B, C') mean of y − c
@@ -309,7 +332,7 @@ def _stats_from_sums(s: _Sums) -> st.Stats:
         count=s.count,
         mask_mean=mask_mean,
         score_mean=s.shift + score_delta,
-        mask_comoment=s.mask_gram - jnp.outer(mask_mean, s.mask_sum),
+        mask_comoment=gram - jnp.outer(mask_mean, s.mask_sum),
         cross_comoment=s.cross_sum - mask_mean[None, :, None] * s.score_sum[:, None, :],
         score_sqdev=s.score_sq - score_delta * s.score_sum,
     )
@@ -333,10 +356,10 @@ def _stream(chunk_fn: Callable, count: int, chunk: int):
     return acc
 
 
-def _device_stats(tail_fn, variables, features, key, classes, start, *, count, num_masks, chunk, keep_prob,
-                  balanced, score, gram_mode, padded) -> st.Stats:
-    """Shared-layout stats of the masks ``start … start + count − 1`` on one device (``padded``: some
-    of them may be ≥ ``num_masks``; those weigh 0)."""
+def _device_sums(tail_fn, variables, features, key, classes, start, *, count, num_masks, chunk, keep_prob,
+                 balanced, score, gram_mode, padded) -> _Sums:
+    """Sums over the masks ``start … start + count − 1`` on one device (``padded``: some of them may be
+    ≥ ``num_masks``; those weigh 0). ``gram_mode None``: no mask Gram."""
     num_channels = features.shape[-1]
 
     def chunk_fn(offset, size, acc):
@@ -348,32 +371,108 @@ def _device_stats(tail_fn, variables, features, key, classes, start, *, count, n
         part = _chunk_sums(masks, y, valid, None if acc is None else acc.shift, gram_mode)
         return part if acc is None else _add_sums(acc, part)
 
-    return _stats_from_sums(_stream(chunk_fn, count, chunk))
+    return _stream(chunk_fn, count, chunk)
 
 
 @partial(jax.jit, static_argnames=("tail_fn", "num_masks", "chunk", "keep_prob", "balanced", "score",
                                    "compute_dtype", "devices", "gram_mode", "K"))
-def _shared_stats_jit(tail_fn, variables, features, key, classes, *, num_masks, chunk, keep_prob, balanced, score,
-                      compute_dtype, devices, gram_mode, K):
+def _shared_stats_jit(tail_fn, variables, features, key, classes, gram, *, num_masks, chunk, keep_prob, balanced,
+                      score, compute_dtype, devices, gram_mode, K):
+    """The sweep. ``gram``: the cached uncentred mask Gram ``(K, K)``, or None to compute it in the loop."""
     del K  # part of the cache key only
     variables = cast_floating(variables, compute_dtype)
     features = features if compute_dtype is None else features.astype(compute_dtype)
     num_devices = len(devices)
     per_device = -(-num_masks // num_devices)
     options = dict(count=per_device, num_masks=num_masks, chunk=chunk, keep_prob=keep_prob, balanced=balanced,
-                   score=score, gram_mode=gram_mode, padded=per_device * num_devices != num_masks)
+                   score=score, gram_mode=gram_mode if gram is None else None,
+                   padded=per_device * num_devices != num_masks)
     if num_devices == 1:
-        return _device_stats(tail_fn, variables, features, key, classes, 0, **options)
+        return _stats_from_sums(_device_sums(tail_fn, variables, features, key, classes, 0, **options), gram)
 
     def shard(variables, features, key, classes):
         start = lax.axis_index(MASK_AXIS) * per_device
-        local = _device_stats(tail_fn, variables, features, key, classes, start, **options)
+        sums = _device_sums(tail_fn, variables, features, key, classes, start, **options)
+        if gram is not None:  # placeholder: the pooled co-moment is set from the global Gram below
+            sums = sums._replace(mask_gram=jnp.zeros((features.shape[-1],) * 2))
+        local = _stats_from_sums(sums)
         return jax.vmap(lambda s: st.psum_merge(s, MASK_AXIS), in_axes=(SHARED_AXES,), out_axes=SHARED_AXES)(local)
 
     mesh = jax.sharding.Mesh(np.asarray(devices), (MASK_AXIS,))
     replicated = jax.sharding.PartitionSpec()
-    return jax.shard_map(shard, mesh=mesh, in_specs=replicated, out_specs=replicated, check_vma=False)(
+    pooled = jax.shard_map(shard, mesh=mesh, in_specs=replicated, out_specs=replicated, check_vma=False)(
         variables, features, key, classes)
+    if gram is None:
+        return pooled
+    return pooled._replace(mask_comoment=gram - jnp.outer(pooled.mask_mean, pooled.mask_mean * pooled.count))
+
+
+# ------------------------------------------------------------------------------------------------
+# The mask Gram: exact, and cached per mask stream
+# ------------------------------------------------------------------------------------------------
+
+_GRAM_CACHE: "OrderedDict[tuple, jax.Array]" = OrderedDict()
+#: Mask streams whose Gram is kept (each ``K × K`` float32: 16 MiB at K = 2048).
+GRAM_CACHE_SIZE = 4
+
+
+def mask_gram(key: jax.Array, *, num_masks: int, num_channels: int, keep_prob: float = 0.5,
+              balanced: bool = False) -> jax.Array:
+    """``(K, K)`` float32 ``Σ_i m_i m_iᵀ`` over the masks ``0 … N − 1`` of the stream (exact integers).
+
+    It depends only on the mask stream — the same for every image explained with one seed — so
+    it is computed once per (key, N, K, keep_prob, balanced), in a pass of its own over the
+    masks in large blocks, and kept in a small LRU cache (:data:`GRAM_CACHE_SIZE` streams;
+    :func:`clear_mask_cache` empties it). ``key`` must be concrete, outside any ``jit`` trace.
+    """
+    identity = _key_identity(key)
+    if identity is None:
+        raise InputError("mask_gram needs a concrete key (call it outside jit)")
+    ident = (identity, int(num_masks), int(num_channels), float(keep_prob), bool(balanced))
+    gram = _GRAM_CACHE.get(ident)
+    if gram is None:
+        platform = jax.local_devices()[0].platform
+        gram = _mask_gram_jit(key, num_masks=int(num_masks), num_channels=int(num_channels),
+                              keep_prob=float(keep_prob), balanced=bool(balanced),
+                              block=gram_block(int(num_masks), int(num_channels)), gram_mode=mask_gram_mode(platform))
+        _GRAM_CACHE[ident] = gram
+        while len(_GRAM_CACHE) > GRAM_CACHE_SIZE:
+            _GRAM_CACHE.popitem(last=False)
+    _GRAM_CACHE.move_to_end(ident)
+    return gram
+
+
+def clear_mask_cache() -> None:
+    """Forget every cached mask Gram."""
+    _GRAM_CACHE.clear()
+
+
+def gram_block(num_masks: int, num_channels: int) -> int:
+    """Masks per block of the Gram pass: about 4 Mi mask entries (16 MiB of float32 masks)."""
+    return int(max(1, min(num_masks, (1 << 22) // max(1, num_channels))))
+
+
+@partial(jax.jit, static_argnames=("num_masks", "num_channels", "keep_prob", "balanced", "block", "gram_mode"))
+def _mask_gram_jit(key, *, num_masks, num_channels, keep_prob, balanced, block, gram_mode):
+    def block_gram(offset, size, acc):
+        masks = sample_masks(key, offset + jnp.arange(size), num_channels, keep_prob, balanced)
+        part = _mask_gram(masks, masks, gram_mode)
+        return part if acc is None else acc + part
+
+    return _stream(block_gram, num_masks, block)
+
+
+def _key_identity(key: jax.Array) -> tuple | None:
+    """Hashable identity of a PRNG key (implementation and bits); None when traced or under a trace.
+
+    Inside a ``jit`` trace even a concrete (closed-over) key yields a tracer here, so the cache
+    is never filled with traced values.
+    """
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    data = jax.random.key_data(key) if typed else lax.bitwise_xor(key, jnp.zeros_like(key))  # an op: traced under jit
+    if isinstance(data, jax.core.Tracer):
+        return None
+    return (str(jax.random.key_impl(key)) if typed else "raw", str(data.dtype), np.asarray(data).tobytes())
 
 
 def mask_gram_mode(platform: str) -> str:
@@ -399,6 +498,11 @@ def _mask_gram(weighted_masks: jax.Array, masks: jax.Array, mode: str) -> jax.Ar
 # ------------------------------------------------------------------------------------------------
 
 
+#: Safety factor on the jaxpr's live activations: XLA:CPU needed up to 1.36× of them per evaluation
+#: (EfficientNet-Lite0's last block, measured by ``benchmarks/memory.py``).
+ACTIVATION_MARGIN = 1.5
+
+
 class TailMemory(NamedTuple):
     """Bytes one perturbation sweep needs on a device (estimates from the tail's jaxpr).
 
@@ -422,8 +526,9 @@ def tail_memory(tail_fn: Callable, variables: Any, features: jax.Array, *, compu
     The tail is traced abstractly (``jax.make_jaxpr`` on shape-only inputs, as
     ``jax.eval_shape`` does) at batch 1 and 2; a liveness walk over its equations gives the
     peak bytes of live intermediates, and the difference of the two the bytes per
-    evaluation. XLA fuses element-wise chains, so the real peak is usually lower: the
-    estimate errs on the safe side.
+    evaluation, times :data:`ACTIVATION_MARGIN`. XLA fuses element-wise chains (less memory)
+    but keeps some temporaries the walk cannot see (more); ``benchmarks/memory.py`` measured
+    the real sweep at 0.6–1.0× of this estimate.
 
     Args:
       features: ``(B, H, W, K)`` (an array or ``jax.ShapeDtypeStruct``).
@@ -443,7 +548,7 @@ def tail_memory(tail_fn: Callable, variables: Any, features: jax.Array, *, compu
     num_classes = classes_out if num_classes is None else int(num_classes)
     input_bytes = int(np.prod(spatial)) * dtype.itemsize
     activations = peak2 - peak1 if peak2 > peak1 else peak1
-    per_eval = activations + input_bytes + 4 * (3 * classes_out)
+    per_eval = int(ACTIVATION_MARGIN * activations) + input_bytes + 4 * (3 * classes_out)
     K = spatial[-1]
     weights_copy = 0 if compute_dtype is None else _tree_bytes(cast_vars)
     feature_bytes = batch * int(np.prod(spatial)) * (4 + dtype.itemsize)
