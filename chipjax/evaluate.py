@@ -348,19 +348,28 @@ def _cached_transform(view: Callable, h: int, w: int):
 def randomized_model(model, top: int, seed: int = 0):
     """``model`` with its top ``top`` parameterised units re-initialised from ``seed`` (cascading
     randomisation of Adebayo et al.), via :func:`chipjax.metrics.randomize_top_layers`."""
+    import jax
+    import jax.numpy as jnp
+
     from .metrics import randomize_top_layers
-    from .models import init_variables
     from .models.base import Model
 
     present = {key for tree in model.variables.values() for key in tree}
-    keys = []
-    for unit in model.spec.units:
+    keys, first_unit = [], {}
+    for index, unit in enumerate(model.spec.units):
         for key in (unit, unit.replace(".", "_")):
             if key in present and key not in keys:
                 keys.append(key)
+                first_unit[key] = index
                 break
     top = min(int(top), len(keys))
-    fresh = init_variables(model.spec, seed)
+    start = first_unit[keys[len(keys) - top]]
+    # initialise only units[start:], on an input shaped like their input: cheap even for a big network
+    module, size = model.module, model.input_size
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    inner = jax.eval_shape(lambda v, a: module.apply(v, a, start=0, stop=start), model.variables, x)
+    init = jax.jit(lambda key, a: module.init(key, a, start=start, stop=None))
+    fresh = init(jax.random.PRNGKey(seed), jnp.zeros(inner.shape, inner.dtype))
     variables = randomize_top_layers(model.variables, fresh, keys, top)
     return Model(model.spec, variables, f"{model.weights}, top {top} units re-initialised (seed {seed})")
 
@@ -630,10 +639,14 @@ def _check_options(options, runs: Sequence[Run]) -> dict[str, dict]:
 
 
 def _fingerprint(source: EvalSource) -> str:
-    h = hashlib.sha256()
-    for i in range(len(source.samples)):
-        s = source.samples[i]
-        h.update(f"{s.name}|{s.label}|{np.asarray(s.boxes).round(3).tolist()}|{s.image.shape}\n".encode())
+    """A hash of the samples' names, labels, boxes and sizes; for a lazily loading
+    :class:`chipjax.data.Source` (which would read every image) only of its description and size."""
+    from .data import Source
+
+    h = hashlib.sha256(f"{source.description}|{len(source.samples)}\n".encode())
+    if not isinstance(source.samples, Source):
+        for s in source.samples:
+            h.update(f"{s.name}|{s.label}|{np.asarray(s.boxes).round(3).tolist()}|{s.image.shape}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -649,7 +662,7 @@ def run_config(model, source: EvalSource, runs, metrics, options, settings: Sett
         "runs": [r.key for r in runs],
         "metrics": list(metrics),
         "options": options,
-        "settings": dataclasses.asdict(settings),
+        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "num_examples"},
     }
 
 
@@ -1020,7 +1033,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command")
     add_eval_parser(sub)
     args = parser.parse_args(["eval"] + list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="chipjax: %(message)s")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("chipjax: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return cmd_eval(args)
     except ChipjaxError as e:
