@@ -57,7 +57,8 @@ def chip_weights(tail_fn: Callable, variables: Any, features: jax.Array, targets
 def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = 0, num_masks: int = DEFAULTS["num_masks"],
               keep_prob: float = DEFAULTS["keep_prob"], lam_ratio: float = DEFAULTS["lam_ratio"],
               score: str = DEFAULTS["score"], nonneg: bool = DEFAULTS["nonneg"], balanced: bool = DEFAULTS["balanced"],
-              chunk_size: int | None = None, features: jax.Array | None = None) -> jax.Array:
+              chunk_size: int | None = None, features: jax.Array | None = None,
+              memory_budget: int | None = None) -> jax.Array:
     """Image-level CHIP heat maps.
 
     Args:
@@ -72,6 +73,9 @@ def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = 0, num_
       nonneg: constrain weights ≥ 0.
       chunk_size: perturbed evaluations per step (default ≈ 256); memory ∝ chunk.
       features: ``tap.head(x)`` if already computed.
+      memory_budget: bytes the perturbation sweep may use; picks the chunk (at most
+        ``chunk_size`` when both are given) and raises :class:`~chipjax.errors.ResourceError`
+        before anything runs when one perturbed evaluation of the batch cannot fit.
     Returns:
       ``(B, S, S)`` maps in [0, 1].
     """
@@ -81,6 +85,10 @@ def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = 0, num_
     chunk = max(1, chunk_size // batch)
     perturb.check_perturbation_args(num_masks, keep_prob, chunk, score)
     A = tap.head(x) if features is None else features
+    if memory_budget is not None:
+        fit = perturb.chunk_for_memory(tap.tail_fn, tap.variables, A, num_masks=num_masks,
+                                       memory_budget=memory_budget, num_classes=1)
+        chunk = min(chunk, fit) if chunk_size is not None else fit
     W = chip_weights(tap.tail_fn, tap.variables, A, jnp.asarray(targets, jnp.int32), jax.random.PRNGKey(seed),
                      num_masks=num_masks, chunk=min(chunk, num_masks), keep_prob=float(keep_prob), balanced=balanced,
                      score=score, lam_ratio=float(lam_ratio), nonneg=nonneg)

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-prob", type=float, default=None, help="channel keep probability (CHIP)")
     p.add_argument("--lam-ratio", type=float, default=None, help="lasso λ as a fraction of λ_max (CHIP)")
     p.add_argument("--seed", type=int, default=0, help="mask seed")
+    p.add_argument("--memory-budget", default=None,
+                   help="memory the perturbation sweep may use, e.g. 512M or 2G (CHIP); picks the chunk size")
     p.add_argument("--chip-model", default=None, help="folder of a class-level CHIP model from `chipjax fit`")
     p.add_argument("--out", default=None, help="output PNG (default: chipjax_<image>.png)")
     _model_args(p)
@@ -136,12 +138,29 @@ def _demo_image():
 
 def method_options(args) -> dict:
     """The explain options a method takes, from the command line (unset ones keep the library defaults)."""
-    given = dict(num_masks=args.masks, keep_prob=args.keep_prob, lam_ratio=args.lam_ratio, seed=args.seed)
+    given = dict(num_masks=args.masks, keep_prob=args.keep_prob, lam_ratio=args.lam_ratio, seed=args.seed,
+                 memory_budget=parse_bytes(args.memory_budget))
     accepted = {"chip": given, "refined-chip": given, "rise": ("num_masks", "seed")}.get(args.method, ())
     for name, value in given.items():
         if value is not None and name not in accepted and name != "seed":
             raise InputError(f"--{name.replace('_', '-').replace('num-masks', 'masks')} does not apply to --method {args.method}")
     return {k: v for k, v in given.items() if k in accepted and v is not None}
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """``"512M"``, ``"2G"``, ``"1.5GiB"`` or a plain byte count -> bytes; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    raw = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    unit = raw[-1] if raw and raw[-1] in units else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)])
+    except ValueError:
+        raise InputError(f"cannot read memory size {text!r}; write e.g. 512M or 2G") from None
+    if value <= 0:
+        raise InputError(f"memory size must be positive, got {text!r}")
+    return int(value * units[unit])
 
 
 def _check_out_path(path: str) -> str:

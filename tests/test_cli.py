@@ -93,3 +93,22 @@ def test_subprocess_never_prints_a_traceback(tmp_path):
         assert run.returncode == 2, run.stderr
         assert "Traceback" not in run.stderr
         assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_readme_demo_picture_is_what_explain_demo_makes_today(tmp_path, capsys):
+    readme_picture = os.path.join(os.path.dirname(__file__), "..", "docs", "demo.png")
+    assert "docs/demo.png" in open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    out = tmp_path / "demo.png"
+    assert main(["explain", "--demo", "--out", str(out)]) == 0
+    ours = np.asarray(Image.open(out).convert("RGB"), dtype=np.float32)
+    committed = np.asarray(Image.open(readme_picture).convert("RGB"), dtype=np.float32)
+    assert ours.shape == committed.shape
+    assert np.abs(ours - committed).mean() < 2.0  # same map, same overlay: only rounding may differ
+
+
+def test_memory_budget_too_small_is_refused_before_running(capsys):
+    assert main(["explain", "--demo", "--memory-budget", "1K"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert main(["explain", "--demo", "--memory-budget", "lots"]) == 2
+    assert "memory size" in capsys.readouterr().err
