@@ -38,11 +38,12 @@ fi
 if [[ "$quick" == 1 ]]; then
   # the same code path at toy sizes (one case, a few masks) so that CI / a CPU session can exercise it
   args=(--cases resnet50:layer4 --batch 1 --masks 64 --chunk 32 --reps 1 --matmul-size 512
-        --dtype both --tflops --label "gpu.sh --quick" --no-write)
+        --dtype both --tflops --skip-in-jit --label "gpu.sh --quick" --no-write)
 else
   # 8 images × 2048 masks = 16384 tail evaluations per call; chunk 32 masks × 8 images = 256 per step
-  args=(--cases resnet50:layer3,resnet50:layer4,vgg16:features.29 --batch 8 --masks 2048 --chunk 32 --reps 5
-        --matmul-size 8192 --dtype both --tflops --label "gpu.sh")
+  # budget: ~6 (case, dtype) pairs × (compile ≈ 20 s + 4 × 3 timed sweeps) ≈ 3–4 min; --skip-in-jit saves a compile each
+  args=(--cases resnet50:layer3,resnet50:layer4,vgg16:features.29 --batch 8 --masks 2048 --chunk 32 --reps 3
+        --matmul-size 8192 --dtype both --tflops --skip-in-jit --label "gpu.sh")
 fi
 
 echo "== perturb_throughput ${args[*]}"

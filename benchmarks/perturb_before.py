@@ -8,9 +8,7 @@ no sharding, no memory budget, no bf16 option. Imported as a module of the ``chi
 """
 from __future__ import annotations
 
-import math
 from functools import partial
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp

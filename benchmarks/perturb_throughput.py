@@ -54,7 +54,7 @@ def load_baseline(path: str):
 
 
 def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, dtype: str, classes: str,
-             reps: int, rates: dict, baseline=None) -> dict:
+             reps: int, rates: dict, baseline=None, in_jit: bool = True) -> dict:
     """Time ours / plain (/ baseline) on one tap; returns one result row as a dict."""
     import chipjax as cj
     from chipjax import perturb
@@ -85,7 +85,9 @@ def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, d
     def plain():
         return [tail(variables, inputs) for _ in range(calls)]
 
-    cases = {"ours": ours, "ours_in_jit": lambda: ours_in_jit(tap.variables, A, key, top), "plain": plain}
+    cases = {"ours": ours, "plain": plain}
+    if in_jit:
+        cases["ours_in_jit"] = lambda: ours_in_jit(tap.variables, A, key, top)
     if baseline is not None and dtype == "float32":
         cases["before"] = lambda: baseline.perturbation_stats(
             tap.tail_fn, tap.variables, A, key, num_masks=num_masks, chunk=chunk, keep_prob=0.5, balanced=False,
@@ -100,8 +102,9 @@ def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, d
                gflop=flops_per_eval / 1e9, achieved=flops_per_eval * evals / t_ours / 1e9,
                arith=rates[dtype] / flops_per_eval)
     row["of_arith"] = row["ours"] / row["arith"]
-    row["in_jit"] = evals / common.median(times["ours_in_jit"])
-    row["in_jit_ratio"] = common.median_ratio(times["plain"], times["ours_in_jit"]) * num_masks / (calls * chunk)
+    if in_jit:
+        row["in_jit"] = evals / common.median(times["ours_in_jit"])
+        row["in_jit_ratio"] = common.median_ratio(times["plain"], times["ours_in_jit"]) * num_masks / (calls * chunk)
     if "before" in times:
         row["before"] = evals / common.median(times["before"])
         row["speedup"] = common.median_ratio(times["before"], times["ours"])
@@ -120,6 +123,7 @@ def main(argv=None) -> list[dict]:
                    help="scores streamed per image: its top class (image-level CHIP) or all (class-level)")
     p.add_argument("--baseline", default=None, help="another perturb.py to time as 'before'")
     p.add_argument("--matmul-size", type=int, default=None, help="n of the n×n matmul measuring the peak rate")
+    p.add_argument("--skip-in-jit", action="store_true", help="do not time the in-jit (traced key) variant")
     p.add_argument("--tflops", action="store_true", help="report FLOP rates in TFLOP/s (accelerators)")
     p.add_argument("--label", default="", help="appended to the RESULTS.md section title (e.g. the machine)")
     args = p.parse_args(argv)
@@ -137,10 +141,11 @@ def main(argv=None) -> list[dict]:
             chunk = args.chunk or max(1, (cq if args.quick else cf) // batch)
             for dt in dtypes:
                 row = run_case(name, layer, batch=batch, num_masks=num_masks, chunk=min(chunk, num_masks), dtype=dt,
-                               classes=args.classes, reps=reps, rates=rates, baseline=baseline)
+                               classes=args.classes, reps=reps, rates=rates, baseline=baseline,
+                               in_jit=not args.skip_in_jit)
                 rows.append(row)
                 print(f"{case} B={batch} {dt}: ours {row['ours']:.0f} evals/s, plain {row['plain']:.0f}, "
-                      f"ratio {row['ratio']:.2f}, in jit {row['in_jit_ratio']:.2f}" + (f", before {row['before']:.0f} (×{row['speedup']:.2f})"
+                      f"ratio {row['ratio']:.2f}, in jit {row.get('in_jit_ratio', float('nan')):.2f}" + (f", before {row['before']:.0f} (×{row['speedup']:.2f})"
                                                      if "before" in row else ""), flush=True)
     unit = "TFLOP/s" if args.tflops else "GFLOP/s"
     if args.tflops:

@@ -52,6 +52,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -374,14 +375,19 @@ def randomized_model(model, top: int, seed: int = 0):
     return Model(model.spec, variables, f"{model.weights}, top {top} units re-initialised (seed {seed})")
 
 
+_SCORERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def softmax_scorer(model) -> Callable[[np.ndarray], np.ndarray]:
-    """``images (n, S, S, 3) -> softmax probabilities (n, C)``, jit-compiled (for deletion/insertion)."""
+    """``images (n, S, S, 3) -> softmax probabilities (n, C)``, jit-compiled once per model (for deletion/insertion)."""
     import jax
     import jax.numpy as jnp
 
-    module = model.module
-    apply = jax.jit(lambda variables, x: jax.nn.softmax(module.apply(variables, x), axis=-1))
-    return lambda images: np.asarray(apply(model.variables, jnp.asarray(images, jnp.float32)))
+    if model not in _SCORERS:
+        module, variables = model.module, model.variables  # not the model: the cache must not keep it alive
+        apply = jax.jit(lambda v, x: jax.nn.softmax(module.apply(v, x), axis=-1))
+        _SCORERS[model] = lambda images: np.asarray(apply(variables, jnp.asarray(images, jnp.float32)))
+    return _SCORERS[model]
 
 
 # ----------------------------------------------------------------------------------- the work
