@@ -203,6 +203,13 @@ def test_sanity_metric_randomises_only_the_top_units(lite0_small, tmp_path):
     assert -1.0 <= r < 0.9  # maps of a half-random network are not those of the trained one
 
 
+def test_sanity_check_separates_trained_from_randomised_for_chip(lite0_small, tmp_path):
+    res = E.evaluate(lite0_small, _samples(2), "chip@head", None, "pointing,sanity", {"chip": {"num_masks": 128}},
+                     str(tmp_path), progress=False, settings=E.Settings(batch_size=2, num_examples=0))
+    r = res["summary"]["chip@head"]["sanity_r"]
+    assert -1.0 <= r < 0.9
+
+
 def test_interrupted_evaluation_keeps_finished_records_and_resumes(lite0_small, tmp_path, monkeypatch):
     settings = E.Settings(batch_size=1, deletion_steps=3, num_examples=0)
     kwargs = dict(methods="gradcam@head,cam@head", layers=None, metrics="pointing,box_acc,deletion",
