@@ -30,7 +30,7 @@ _LAZY = {
     "data": ("chipjax.data", None),
     "viz": ("chipjax.viz", None),
     "evalsets": ("chipjax.evalsets", None),
-    "evaluate": ("chipjax.evaluate", "evaluate"),
+    "evaluate": ("chipjax.evaluate", None),
     "fit_folder": ("chipjax.fit", "fit_folder"),
 }
 
