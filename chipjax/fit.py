@@ -77,7 +77,7 @@ def fit_folder(model, root: str, *, layer: str | None = None, batch_size: int = 
     with the same settings is resumed. The checkpoint is removed when the fit completes.
     """
     from . import io as cjio
-    from .chip import CHIP, ClassStatsAccumulator, check_lam_ratio
+    from .chip import ClassStatsAccumulator, check_lam_ratio
     from .data import folder_source
     from .progress import progress_bar
 
@@ -118,9 +118,7 @@ def fit_folder(model, root: str, *, layer: str | None = None, batch_size: int = 
                                   f"to {checkpoint_dir or '(nowhere: no checkpoint folder)'}; rerun to continue")
             if i % checkpoint_every == 0:
                 save()
-    model_out = acc.to_model(model.name, config)
-    assert isinstance(model_out, CHIP)
-    return model_out
+    return acc.to_model(model.name, config)
 
 
 def remove_checkpoint(checkpoint_dir: str | None) -> None:

@@ -65,7 +65,7 @@ def check_variables(spec: ArchSpec, variables: Any, source: str) -> Any:
     """Raise :class:`WeightsError` naming the first missing, extra or mis-shaped entry."""
     from flax.traverse_util import flatten_dict
 
-    want = flatten_dict(jax.tree_util.tree_map(lambda s: s.shape, variables_shapes_dict(spec)), sep="/")
+    want = flatten_dict(jax.tree_util.tree_map(lambda s: s.shape, dict(variable_shapes(spec))), sep="/")
     got = flatten_dict(dict(variables), sep="/")
     for key in want:
         if key not in got:
@@ -78,12 +78,6 @@ def check_variables(spec: ArchSpec, variables: Any, source: str) -> Any:
                 f"{source}: variable {key} has shape {tuple(np.shape(got[key]))}, {spec.name} needs {tuple(want[key])}"
             )
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), variables)
-
-
-def variables_shapes_dict(spec: ArchSpec) -> dict:
-    from flax.core import unfreeze
-
-    return unfreeze(variable_shapes(spec))
 
 
 def load_model(name: str, weights: str | os.PathLike | None = "pretrained", seed: int = 0) -> Model:
