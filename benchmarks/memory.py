@@ -46,8 +46,8 @@ key = jax.random.key(0)
 classes = jnp.zeros((batch, 1), jnp.int32)
 devices = tuple(jax.local_devices())
 # the whole sweep in one program, mask Gram accumulated in the loop (gram=None): its full working memory
-sweep = perturb._shared_stats_jit.lower(tap.tail_fn, tap.variables, A, key, classes, None, num_masks=num_masks, chunk=chunk,
-                                        keep_prob=0.5, balanced=False, score="prob", compute_dtype=None,
+sweep = perturb._shared_stats_jit.lower(tap.tail_fn, tap.variables, A, key, classes, None, jnp.int32(0), num_masks=num_masks,
+                                        chunk=chunk, keep_prob=0.5, design="iid", score="prob", compute_dtype=None,
                                         devices=devices, gram_mode=perturb.mask_gram_mode(devices[0].platform),
                                         K=A.shape[-1]).compile()
 need = perturb.tail_memory(tap.tail_fn, tap.variables, A, num_classes=1)

@@ -90,7 +90,7 @@ def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, d
         cases["ours_in_jit"] = lambda: ours_in_jit(tap.variables, A, key, top)
     if baseline is not None and dtype == "float32":
         cases["before"] = lambda: baseline.perturbation_stats(
-            tap.tail_fn, tap.variables, A, key, num_masks=num_masks, chunk=chunk, keep_prob=0.5, balanced=False,
+            tap.tail_fn, tap.variables, A, key, num_masks=num_masks, chunk=chunk, keep_prob=0.5, design="iid",
             score="prob", classes=top)
     times = common.interleaved(cases, reps=reps, warmup=1)
     flops_per_eval = common.cost_flops(tap.tail_fn, variables, inputs) / (chunk * batch)

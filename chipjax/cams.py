@@ -7,11 +7,12 @@ RISE explains at the input instead and only shares the normalisation.
 
 * gradient methods (``cam``, ``gradcam``, ``gradcam++``) differentiate
   ``Σ_b logits[b, targets[b]]`` with respect to ``A``: every image gets its own gradient;
-* perturbation methods (``ablationcam``, ``scorecam``, ``rise``) evaluate many
-  perturbed networks ``chunk`` at a time (``lax.map``/``lax.scan``), so peak memory is
-  one chunk of evaluations whatever the channel or mask count. Ablation-CAM uses the
-  CHIP perturbation engine (:func:`chipjax.perturb.perturbed_logits` with masks
-  ``1 − e_k``); Score-CAM and RISE run the full network (head then tail) on masked images.
+* perturbation methods (``ablationcam``, ``scorecam``, ``rise``) run on CHIP's perturbation
+  engine (:func:`chipjax.perturb.sweep`): a mask family at a site, one chunking rule
+  (:func:`chipjax.perturb.items_per_step`, with the per-device memory budget), sharding over
+  local devices, the bf16 option, a score operator and a reducer. Ablation-CAM masks the tap
+  (masks ``1 − e_k``); Score-CAM and RISE mask the input and run the full network. Each
+  method keeps only its rule for turning scores into channel or pixel weights.
 
 Every ``*_maps`` function has the signature
 ``fn(tap, x (B, S, S, 3), targets (B,) int, *, features=None, **options) -> (B, S, S)``
@@ -36,55 +37,8 @@ from .tap import Tap
 CAM_TOLERANCE = 1e-4
 
 # ------------------------------------------------------------------------------------------------
-# Chunked evaluation (generic; belongs next to the perturbation engine in perturb.py)
+# Scores of perturbed networks
 # ------------------------------------------------------------------------------------------------
-
-
-def chunk_indices(num_items: int, chunk: int) -> jax.Array:
-    """``(ceil(N / chunk), chunk)`` item numbers, row-major; numbers ``≥ N`` pad the last chunk."""
-    steps = -(-num_items // chunk)
-    return jnp.arange(steps * chunk).reshape(steps, chunk)
-
-
-def map_in_chunks(fn: Callable[[jax.Array], Any], num_items: int, chunk: int) -> Any:
-    """``fn`` over the items ``0 … num_items−1``, ``chunk`` items per step (``lax.map``).
-
-    Args:
-      fn: ``indices (c,) int -> pytree of (c, ...)``, pure, treating items independently.
-        The last chunk is padded with repeats of item ``N − 1`` (their outputs are
-        dropped), so ``fn`` compiles once and the result does not depend on ``chunk``.
-      num_items: N.
-      chunk: items per step.
-    Returns:
-      The pytree of ``(N, ...)``: the outputs of all items, in order.
-    """
-    idx = jnp.minimum(chunk_indices(num_items, chunk), num_items - 1)
-    out = jax.lax.map(fn, idx)
-    return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:])[:num_items], out)
-
-
-def sum_in_chunks(fn: Callable[[jax.Array], Any], num_items: int, chunk: int) -> Any:
-    """``Σ_i fn(i)`` over the items ``0 … num_items−1``, ``chunk`` items per step (``lax.scan``).
-
-    Args:
-      fn: ``indices (c,) int -> pytree of (c, ...)``: each item's term, pure. Padding
-        items (number ≥ N) of the last chunk are zeroed before the sum.
-      num_items: N.
-      chunk: items per step; memory is one chunk of terms whatever N.
-    Returns:
-      The pytree of sums, shapes without the leading item axis.
-    """
-    def step(total, idx):
-        valid = idx < num_items
-        terms = fn(jnp.minimum(idx, num_items - 1))
-        part = jax.tree_util.tree_map(
-            lambda t: jnp.sum(jnp.where(valid.reshape((-1,) + (1,) * (t.ndim - 1)), t, 0), axis=0), terms)
-        return jax.tree_util.tree_map(jnp.add, total, part), None
-
-    shapes = jax.eval_shape(fn, jnp.arange(chunk))
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape[1:], s.dtype), shapes)
-    total, _ = jax.lax.scan(step, zeros, chunk_indices(num_items, chunk))
-    return total
 
 
 def target_scores(logits: jax.Array, targets: jax.Array, score: str) -> jax.Array:
@@ -157,29 +111,34 @@ def spatial_spread(grads: jax.Array) -> jax.Array:
     return jnp.where(top > 0, dev / jnp.where(top > 0, top, 1.0), 0.0)
 
 
-@partial(jax.jit, static_argnames=("tail_fn", "chunk", "score"))
+@partial(jax.jit, static_argnames=("tail_fn", "chunk", "score", "compute_dtype", "devices"))
 def ablation_weights(tail_fn: Callable, variables: Any, features: jax.Array, targets: jax.Array, *, chunk: int,
-                     score: str = "logit") -> jax.Array:
+                     score: str = "logit", compute_dtype=None, devices=None) -> jax.Array:
     """Ablation-CAM (Desai & Ramaswamy 2020), as pytorch-grad-cam computes it.
 
     ``W_k = (y − y^(k)) / y`` with ``y`` the target score and ``y^(k)`` the score with
-    channel k of ``A`` zeroed: the perturbation engine with masks ``1 − e_k``.
+    channel k of ``A`` zeroed: the perturbation engine (:func:`chipjax.perturb.sweep`) at the
+    tap with the mask family ``1 − e_k``.
 
     Args:
       features: ``(B, H, W, K)``; targets: ``(B,)``.
       chunk: channels ablated per step (``chunk · B`` tail evaluations).
       score: ``logit`` (pytorch-grad-cam's ``ClassifierOutputTarget``), ``prob`` or ``logprob``.
+      compute_dtype: e.g. ``jnp.bfloat16`` for the ablated tails (scores in float32).
+      devices: devices to shard the channels over (default: every local device).
     Returns:
       ``(B, K)``; 0 where the unperturbed score is 0.
     """
     num_channels = features.shape[-1]
     y = target_scores(tail_fn(variables, features), targets, score)  # (B,)
 
-    def ablated(idx):  # (c,) -> (c, B)
+    def ablated(operands, idx):  # (c,) -> (c, B)
+        variables, features = operands
         masks = 1.0 - jax.nn.one_hot(idx, num_channels, dtype=features.dtype)
         return target_scores(perturb.perturbed_logits(tail_fn, variables, features, masks), targets, score)
 
-    y_k = map_in_chunks(ablated, num_channels, chunk).T  # (B, K)
+    operands = perturb.cast_floating((variables, features), compute_dtype)
+    y_k = perturb.sweep(ablated, operands, num_channels, chunk=chunk, devices=devices).T  # (B, K)
     safe = jnp.where(y != 0, y, 1.0)[:, None]
     return jnp.where(y[:, None] != 0, (y[:, None] - y_k) / safe, 0.0)
 
@@ -192,31 +151,37 @@ def channel_masks(features: jax.Array, channels: jax.Array, size: tuple[int, int
     return flat.reshape((c, b) + tuple(size))
 
 
-@partial(jax.jit, static_argnames=("head_fn", "tail_fn", "chunk", "score", "channel_softmax"))
+@partial(jax.jit, static_argnames=("head_fn", "tail_fn", "chunk", "score", "channel_softmax", "compute_dtype",
+                                   "devices"))
 def scorecam_weights(head_fn: Callable, tail_fn: Callable, variables: Any, x: jax.Array, features: jax.Array,
-                     targets: jax.Array, *, chunk: int, score: str = "logit", channel_softmax: bool = True) -> jax.Array:
+                     targets: jax.Array, *, chunk: int, score: str = "logit", channel_softmax: bool = True,
+                     compute_dtype=None, devices=None) -> jax.Array:
     """Score-CAM (Wang et al. 2020): the target's score on the image masked by each channel.
 
     Image b masked by channel k is ``x[b] ⊙ norm(upsample(A[b, ..., k]))``; the full
-    network scores it. With the defaults (``score="logit"``, ``channel_softmax=True``)
-    the weights are the softmax over channels of the target logits, as pytorch-grad-cam
-    computes them; ``score="prob", channel_softmax=False`` gives the authors' code
-    (raw target softmax probabilities).
+    network scores it: the perturbation engine (:func:`chipjax.perturb.sweep`) at the input
+    with the mask family "upsampled channel k". With the defaults (``score="logit"``,
+    ``channel_softmax=True``) the weights are the softmax over channels of the target logits,
+    as pytorch-grad-cam computes them; ``score="prob", channel_softmax=False`` gives the
+    authors' code (raw target softmax probabilities).
 
     Args:
       x: ``(B, S, S, 3)``; features: ``(B, H, W, K)``; targets: ``(B,)``.
       chunk: channels per step (``chunk · B`` full-network evaluations).
+      compute_dtype, devices: as :func:`ablation_weights`.
     Returns:
       ``(B, K)``.
     """
     size = x.shape[1:3]
 
-    def scores(idx):  # (c,) -> (c, B)
-        masked = x[None] * channel_masks(features, idx, size)[..., None]  # (c, B, S, S, 3)
+    def scores(operands, idx):  # (c,) -> (c, B)
+        variables, x = operands
+        masked = x[None] * channel_masks(features, idx, size)[..., None].astype(x.dtype)  # (c, B, S, S, 3)
         logits = full_logits(head_fn, tail_fn, variables, masked.reshape((-1,) + x.shape[1:]))
         return target_scores(logits.reshape(masked.shape[:2] + logits.shape[1:]), targets, score)
 
-    s = map_in_chunks(scores, features.shape[-1], chunk).T  # (B, K)
+    operands = perturb.cast_floating((variables, x), compute_dtype)
+    s = perturb.sweep(scores, operands, features.shape[-1], chunk=chunk, devices=devices).T  # (B, K)
     return jax.nn.softmax(s, axis=-1) if channel_softmax else s
 
 
@@ -251,26 +216,34 @@ def rise_masks(key: jax.Array, indices: jax.Array, size: tuple[int, int], grid: 
     return jax.vmap(one)(indices)
 
 
-@partial(jax.jit, static_argnames=("head_fn", "tail_fn", "num_masks", "chunk", "grid", "keep_prob", "score"))
+@partial(jax.jit, static_argnames=("head_fn", "tail_fn", "num_masks", "chunk", "grid", "keep_prob", "score",
+                                   "compute_dtype", "devices"))
 def rise_saliency(head_fn: Callable, tail_fn: Callable, variables: Any, x: jax.Array, targets: jax.Array,
                   key: jax.Array, *, num_masks: int, chunk: int, grid: int = 7, keep_prob: float = 0.5,
-                  score: str = "prob") -> jax.Array:
+                  score: str = "prob", compute_dtype=None, devices=None) -> jax.Array:
     """RISE saliency ``Σ_i score_i · mask_i / (N · keep_prob)``, ``(B, S, S)`` (not normalised).
+
+    The perturbation engine (:func:`chipjax.perturb.sweep`, ``reduce="sum"``) at the input with
+    the mask family :func:`rise_masks`.
 
     Args:
       x: ``(B, S, S, 3)``; targets: ``(B,)``; key: PRNG key of the mask stream.
       num_masks: N; chunk: masks per step (``chunk · B`` full-network evaluations).
+      compute_dtype, devices: as :func:`ablation_weights`.
     """
     size = x.shape[1:3]
 
-    def weighted(idx):  # (c,) -> (c, B, S, S): score_i · mask_i per mask and image
+    def weighted(operands, idx):  # (c,) -> (c, B, S, S): score_i · mask_i per mask and image
+        variables, x = operands
         masks = rise_masks(key, idx, size, grid, keep_prob)  # (c, S, S)
-        masked = x[None] * masks[:, None, :, :, None]  # (c, B, S, S, 3)
+        masked = x[None] * masks[:, None, :, :, None].astype(x.dtype)  # (c, B, S, S, 3)
         logits = full_logits(head_fn, tail_fn, variables, masked.reshape((-1,) + x.shape[1:]))
         y = target_scores(logits.reshape(masked.shape[:2] + logits.shape[1:]), targets, score)  # (c, B)
         return y[:, :, None, None] * masks[:, None]
 
-    return sum_in_chunks(weighted, num_masks, chunk) / (num_masks * keep_prob)
+    operands = perturb.cast_floating((variables, x), compute_dtype)
+    return perturb.sweep(weighted, operands, num_masks, chunk=chunk, reduce="sum", devices=devices) / (
+        num_masks * keep_prob)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,65 +280,91 @@ def gradcampp_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.
 
 
 def ablationcam_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None,
-                     score: str = "logit", chunk_size: int | None = None) -> jax.Array:
+                     score: str = "logit", chunk_size: int | None = None, memory_budget: int | None = None,
+                     compute_dtype=None) -> jax.Array:
     """Ablation-CAM heat maps (see :func:`ablation_weights`).
 
     Args:
       score: ``logit`` (default, as pytorch-grad-cam), ``prob`` or ``logprob``.
       chunk_size: tail evaluations per step (default 256); memory ∝ chunk_size.
+      memory_budget: bytes per device for the sweep (caps the chunk; see
+        :func:`chipjax.perturb.items_per_step`).
+      compute_dtype: e.g. ``"bfloat16"``: the ablated tails run in it (scores float32).
     """
     A = feature_maps(tap, x, features)
-    chunk = channels_per_step(chunk_size, 256, x.shape[0], A.shape[-1])
     check_score(score)
-    W = ablation_weights(tap.tail_fn, tap.variables, A, as_targets(targets), chunk=chunk, score=score)
+    chunk = perturb.items_per_step(tap.tail_fn, tap.variables, A, num_items=A.shape[-1], chunk_size=chunk_size,
+                                   default=256, memory_budget=memory_budget, compute_dtype=compute_dtype)
+    W = ablation_weights(tap.tail_fn, tap.variables, A, as_targets(targets), chunk=chunk, score=score,
+                         compute_dtype=_dtype(compute_dtype))
     return heatmap(A, W, x.shape[1:3])
 
 
 def scorecam_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None,
-                  score: str = "logit", channel_softmax: bool = True, chunk_size: int | None = None) -> jax.Array:
+                  score: str = "logit", channel_softmax: bool = True, chunk_size: int | None = None,
+                  memory_budget: int | None = None, compute_dtype=None) -> jax.Array:
     """Score-CAM heat maps (see :func:`scorecam_weights`; defaults follow pytorch-grad-cam).
 
     Args:
       score: ``logit`` (default), ``prob`` or ``logprob`` of the target on each masked image.
       channel_softmax: softmax the scores over channels (pytorch-grad-cam) or use them raw.
       chunk_size: full-network evaluations per step (default 64); memory ∝ chunk_size.
+      memory_budget, compute_dtype: as :func:`ablationcam_maps`.
     """
     A = feature_maps(tap, x, features)
-    chunk = channels_per_step(chunk_size, 64, x.shape[0], A.shape[-1])
     check_score(score)
+    chunk = perturb.items_per_step(_whole_network(tap), tap.variables, x, num_items=A.shape[-1],
+                                   chunk_size=chunk_size, default=64, memory_budget=memory_budget,
+                                   compute_dtype=compute_dtype)
     W = scorecam_weights(tap.head_fn, tap.tail_fn, tap.variables, x, A, as_targets(targets), chunk=chunk,
-                         score=score, channel_softmax=bool(channel_softmax))
+                         score=score, channel_softmax=bool(channel_softmax), compute_dtype=_dtype(compute_dtype))
     return heatmap(A, W, x.shape[1:3])
 
 
 def rise_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None,
               num_masks: int = 2000, seed: int = 0, grid: int = 7, keep_prob: float = 0.5, score: str = "prob",
-              chunk_size: int | None = None) -> jax.Array:
+              chunk_size: int | None = None, memory_budget: int | None = None, compute_dtype=None) -> jax.Array:
     """RISE heat maps at the input (the tap's feature maps are not used; head and tail both run).
 
     Args:
-      num_masks: N random masks (the paper used 4000).
+      num_masks: N random masks (the paper used 4000; at most 2²⁴ as for CHIP).
       seed: seed of the mask stream (same seed -> same masks -> same maps, whatever the chunk).
       grid: side of the coarse Bernoulli grid (paper: 7).
       keep_prob: probability a grid cell is kept (paper: 0.5).
       score: ``prob`` (default, as the paper), ``logit`` or ``logprob``.
       chunk_size: full-network evaluations per step (default 64); memory ∝ chunk_size.
+      memory_budget, compute_dtype: as :func:`ablationcam_maps`.
       features: ignored (accepted so every method has the same signature).
     Returns:
       ``(B, S, S)`` in [0, 1].
     """
     del features
-    if not isinstance(num_masks, (int, np.integer)) or num_masks < 1:
+    if isinstance(num_masks, bool) or not isinstance(num_masks, (int, np.integer)) or num_masks < 1:
         raise InputError(f"num_masks must be a positive integer, got {num_masks!r}")
-    if not isinstance(grid, (int, np.integer)) or grid < 1:
+    if num_masks > perturb.MAX_MASKS:
+        raise InputError(f"num_masks must be at most 2**24 = {perturb.MAX_MASKS}, got {num_masks}")
+    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
         raise InputError(f"grid must be a positive integer (RISE's coarse mask side, e.g. 7), got {grid!r}")
     if not (0.0 < float(keep_prob) <= 1.0):
         raise InputError(f"keep_prob must lie in (0, 1], got {keep_prob!r}")
     check_score(score)
-    chunk = channels_per_step(chunk_size, 64, x.shape[0], int(num_masks))
+    chunk = perturb.items_per_step(_whole_network(tap), tap.variables, x, num_items=int(num_masks),
+                                   chunk_size=chunk_size, default=64, memory_budget=memory_budget,
+                                   compute_dtype=compute_dtype)
     sal = rise_saliency(tap.head_fn, tap.tail_fn, tap.variables, x, as_targets(targets), jax.random.PRNGKey(seed),
-                        num_masks=int(num_masks), chunk=chunk, grid=int(grid), keep_prob=float(keep_prob), score=score)
+                        num_masks=int(num_masks), chunk=chunk, grid=int(grid), keep_prob=float(keep_prob), score=score,
+                        compute_dtype=_dtype(compute_dtype))
     return normalize01(sal)
+
+
+def _whole_network(tap: Tap) -> Callable:
+    """``(variables, x) -> logits``: the site function of the input-masking methods (for memory estimates)."""
+    return lambda variables, x: full_logits(tap.head_fn, tap.tail_fn, variables, x)
+
+
+def _dtype(compute_dtype):
+    """A hashable dtype (static jit argument) or None."""
+    return None if compute_dtype is None else jnp.dtype(compute_dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -390,14 +389,6 @@ def as_targets(targets) -> jax.Array:
 def check_score(score: str) -> None:
     if score not in perturb.SCORES:
         raise InputError(f"score must be one of {', '.join(perturb.SCORES)}, got {score!r}")
-
-
-def channels_per_step(chunk_size: int | None, default: int, batch: int, num_items: int) -> int:
-    """Items (channels or masks) per step so that a step runs about ``chunk_size`` evaluations of ``batch`` images."""
-    chunk_size = default if chunk_size is None else chunk_size
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise InputError(f"chunk_size must be a positive integer (evaluations per step), got {chunk_size!r}")
-    return int(max(1, min(num_items, chunk_size // max(1, batch))))
 
 
 #: Method name -> map function, for :func:`chipjax.explain`.

@@ -16,9 +16,9 @@ exactly the statistics of one regression over all (mask, image) pairs.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-from functools import partial
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,35 +30,149 @@ from .errors import InputError, WeightsError
 from .heatmaps import heatmap, normalize01
 from .tap import Tap
 
-DEFAULTS = dict(num_masks=2048, keep_prob=0.5, lam_ratio=0.05, score="prob", nonneg=False, balanced=False)
-
+DEFAULTS = dict(num_masks=2048, keep_prob=0.5, lam_ratio=0.05, score="prob", nonneg=False, design="iid")
 
 #: Relative duality gap at which CHIP's lasso stops (float32 reaches about 1e-7; 1e-6 gives the same maps, faster).
 SOLVER_TOL = 1e-6
 
+#: ``num_masks="auto"``: masks per round, the stability to reach and the most masks drawn.
+AUTO = dict(round_masks=256, stability=0.99, max_masks=8192)
 
-@partial(jax.jit, static_argnames=("tail_fn", "num_masks", "chunk", "keep_prob", "balanced", "score", "nonneg"))
-def chip_weights(tail_fn: Callable, variables: Any, features: jax.Array, targets: jax.Array, key: jax.Array, *,
-                 num_masks: int, chunk: int, keep_prob: float, balanced: bool, score: str, lam_ratio: float,
-                 nonneg: bool) -> jax.Array:
-    """Image-level CHIP channel importances.
+log = logging.getLogger("chipjax")
+
+
+class ImageFit(NamedTuple):
+    """Image-level CHIP weights and how they were obtained.
+
+    Attributes:
+      weights: ``(B, K)`` lasso weights of each image's target score on the channel masks.
+      num_masks: perturbed networks used (per image; every image sees the same masks).
+      stability: ``(B,)`` predicted seed stability of each image's map (Spearman-Brown of the
+        split-half rank correlation, see :func:`auto_weights`); NaN for a fixed mask count.
+    """
+
+    weights: jax.Array
+    num_masks: int
+    stability: np.ndarray
+
+
+def solve_shared(stats: st.Stats, lam_ratio: float, *, nonneg: bool = False,
+                 lipschitz: jax.Array | None = None) -> jax.Array:
+    """Image-level CHIP weights of B images from shared-layout statistics: ONE multi-output lasso.
+
+    Every image saw the same masks, so they share ``G (K, K)``; image b's target scores give
+    column b of ``R (K, B)``, with its own ``λ_b = lam_ratio · λ_max,b`` and score variance.
+
+    Args:
+      stats: :data:`chipjax.perturb.SHARED_AXES` layout with one class per image
+        (``cross_comoment (B, K, 1)``).
+      lipschitz: the top eigenvalue of ``G`` if known (cached per mask stream), else computed.
+    Returns:
+      ``(B, K)``.
+    """
+    G = st.gram(stats)  # (K, K)
+    R = st.cross(stats)[..., 0].T  # (K, B)
+    y_var = st.score_var(stats)[:, 0]  # (B,)
+    lam = float(lam_ratio) * solvers.lambda_max(R, nonneg=nonneg)
+    return solvers.lasso(G, R, lam, nonneg=nonneg, tol=SOLVER_TOL, y_var=y_var, lipschitz=lipschitz).T
+
+
+def stream_lipschitz(stats: st.Stats, identity: tuple | None) -> jax.Array | None:
+    """Top eigenvalue of the stats' ``G``, once per mask stream (None under a trace: the solver computes it)."""
+    if identity is None:
+        return None
+    return perturb.cached_for_stream(identity, "lipschitz", lambda: solvers.top_eigenvalue(st.gram(stats)))
+
+
+def image_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Array, *, num_masks: int,
+                  keep_prob: float = DEFAULTS["keep_prob"], design: str = DEFAULTS["design"],
+                  score: str = DEFAULTS["score"], lam_ratio: float = DEFAULTS["lam_ratio"],
+                  nonneg: bool = DEFAULTS["nonneg"], chunk: int | None = None, memory_budget: int | None = None,
+                  first: int = 0, devices=None, compute_dtype=None) -> tuple[jax.Array, st.Stats]:
+    """Image-level CHIP channel importances for a fixed number of masks, and the statistics behind them.
+
+    The mask part of the statistics (Gram, centring) and the Lipschitz constant of the lasso
+    come from the per-stream cache when ``key`` is concrete (:func:`chipjax.perturb.cached_for_stream`);
+    under an outer ``jit`` (traced key) they are computed in place.
 
     Args:
       features: ``(B, H, W, K)`` at the tap; targets: ``(B,)`` int class per image.
+      chunk: masks per step (``chunk · B`` tail evaluations); None: from ``memory_budget``
+        (per device) or the default.
+      compute_dtype: e.g. ``"bfloat16"``: the perturbed tails run in it (statistics float32).
     Returns:
-      ``(B, K)`` lasso weights of each image's target score on the channel masks.
+      ``W (B, K)`` and the shared-layout :class:`~chipjax.stats.Stats`.
     """
-    stats = perturb.perturbation_stats(tail_fn, variables, features, key, num_masks=num_masks, chunk=chunk,
-                                       keep_prob=keep_prob, balanced=balanced, score=score, classes=targets[:, None])
-    W = solvers.chip_weights(stats, lam_ratio, nonneg=nonneg, tol=SOLVER_TOL)  # (B, K, 1)
-    return W[..., 0]
+    targets = jnp.asarray(targets, jnp.int32)
+    stats = perturb.shared_perturbation_stats(tap.tail_fn, tap.variables, features, key, num_masks=num_masks,
+                                              chunk=chunk, keep_prob=keep_prob, design=design, score=score,
+                                              classes=targets[:, None], memory_budget=memory_budget, first=first,
+                                              devices=devices, compute_dtype=compute_dtype)
+    identity = perturb.stream_identity(key, num_masks=num_masks, num_channels=features.shape[-1],
+                                       keep_prob=keep_prob, design=design, first=first)
+    return solve_shared(stats, lam_ratio, nonneg=nonneg, lipschitz=stream_lipschitz(stats, identity)), stats
 
 
-def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = 0, num_masks: int = DEFAULTS["num_masks"],
-              keep_prob: float = DEFAULTS["keep_prob"], lam_ratio: float = DEFAULTS["lam_ratio"],
-              score: str = DEFAULTS["score"], nonneg: bool = DEFAULTS["nonneg"], balanced: bool = DEFAULTS["balanced"],
-              chunk_size: int | None = None, features: jax.Array | None = None,
-              memory_budget: int | None = None) -> jax.Array:
+_merge_shared = jax.jit(jax.vmap(st.merge, in_axes=(perturb.SHARED_AXES, perturb.SHARED_AXES),
+                                 out_axes=perturb.SHARED_AXES))
+
+
+def split_half_stability(maps_a: jax.Array, maps_b: jax.Array) -> np.ndarray:
+    """Predicted seed stability ``2r / (1 + r)`` (Spearman-Brown) from the rank correlation r of two
+    maps ``(B, S, S)`` made from disjoint halves of the masks: ``(B,)``."""
+    from .metrics import rank_correlations
+
+    r = np.clip(rank_correlations(np.asarray(maps_a), np.asarray(maps_b)), 0.0, 1.0)
+    return 2 * r / (1 + r)
+
+
+def auto_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Array, size: tuple[int, int], *,
+                 stability: float = AUTO["stability"], max_masks: int = AUTO["max_masks"],
+                 round_masks: int = AUTO["round_masks"], **options) -> ImageFit:
+    """Image-level CHIP with as many masks as the maps need (``num_masks="auto"``).
+
+    Masks stream in rounds of ``round_masks``, alternately into two halves A and B (disjoint
+    mask numbers of one stream). After every pair of rounds both halves are solved and turned
+    into maps; the rank correlation r of the two maps of an image predicts the stability of the
+    map from all the masks by the Spearman-Brown formula ``2r / (1 + r)`` — an estimate of the
+    mean Spearman correlation between the maps of two seeds at this mask count (the measure of
+    ``benchmarks/RESULTS.md``). Streaming stops when every image reaches ``stability``, or at
+    ``max_masks``; the weights are then solved from A and B merged. The count used is logged
+    (logger ``chipjax``) and returned.
+
+    Args:
+      size: the map size ``(S, S)``; options: as :func:`image_weights` (not ``num_masks``).
+    """
+    if not 0.0 < float(stability) < 1.0:
+        raise InputError(f"stability must lie strictly between 0 and 1, got {stability!r}")
+    for name, value in (("max_masks", max_masks), ("round_masks", round_masks)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+            raise InputError(f"{name} must be an integer ≥ 2, got {value!r}")
+    lam_ratio, nonneg = options.get("lam_ratio", DEFAULTS["lam_ratio"]), options.get("nonneg", DEFAULTS["nonneg"])
+    halves: list[st.Stats | None] = [None, None]
+    used, predicted = 0, np.zeros(features.shape[0])
+    while True:
+        for h in (0, 1):
+            _, part = image_weights(tap, features, targets, key, num_masks=round_masks, first=used, **options)
+            halves[h] = part if halves[h] is None else _merge_shared(halves[h], part)
+            used += round_masks
+        maps = [heatmap(features, solve_shared(half, lam_ratio, nonneg=nonneg), size) for half in halves]
+        predicted = split_half_stability(*maps)
+        if predicted.min() >= stability or used + 2 * round_masks > max_masks:
+            break
+    W = solve_shared(_merge_shared(*halves), lam_ratio, nonneg=nonneg)
+    log.info("CHIP num_masks=auto: %d masks (predicted stability min %.3f, target %.3f)", used, predicted.min(),
+             stability)
+    return ImageFit(weights=W, num_masks=used, stability=predicted)
+
+
+def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = 0,
+              num_masks: int | str = DEFAULTS["num_masks"], keep_prob: float = DEFAULTS["keep_prob"],
+              lam_ratio: float = DEFAULTS["lam_ratio"], score: str = DEFAULTS["score"],
+              nonneg: bool = DEFAULTS["nonneg"], design: str = DEFAULTS["design"], chunk_size: int | None = None,
+              features: jax.Array | None = None, memory_budget: int | None = None,
+              stability: float = AUTO["stability"], max_masks: int = AUTO["max_masks"],
+              compute_dtype=None) -> jax.Array:
     """Image-level CHIP heat maps.
 
     Args:
@@ -66,36 +180,56 @@ def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = 0, num_
       x: ``(B, S, S, 3)`` preprocessed images.
       targets: ``(B,)`` int class to explain per image.
       seed: seed of the mask stream (same seed -> same masks -> same maps).
-      num_masks: N perturbed networks per image.
+      num_masks: N perturbed networks per image, or ``"auto"``: as many as the maps need to
+        reach ``stability`` (at most ``max_masks``; see :func:`auto_weights`).
       keep_prob: probability a channel stays on.
-      lam_ratio: λ as a fraction of λ_max of each image's target (0 < lam_ratio < 1).
+      lam_ratio: λ as a fraction of λ_max of each image's target (0 ≤ lam_ratio < 1).
       score: ``prob`` (softmax), ``logit`` or ``logprob``.
       nonneg: constrain weights ≥ 0.
-      chunk_size: perturbed evaluations per step (default ≈ 256); memory ∝ chunk.
+      design: mask design, ``iid`` (the paper's reading), ``balanced`` or ``antithetic``
+        (:func:`chipjax.perturb.sample_masks`).
+      chunk_size: perturbed evaluations per step (default ≈ 256, or what ``memory_budget``
+        allows); memory ∝ chunk.
       features: ``tap.head(x)`` if already computed.
-      memory_budget: bytes the perturbation sweep may use; picks the chunk (at most
-        ``chunk_size`` when both are given) and raises :class:`~chipjax.errors.ResourceError`
+      memory_budget: bytes one device may use for the perturbation sweep; picks the chunk (at
+        most ``chunk_size`` when both are given) and raises :class:`~chipjax.errors.ResourceError`
         before anything runs when one perturbed evaluation of the batch cannot fit.
+      stability, max_masks: for ``num_masks="auto"``.
+      compute_dtype: e.g. ``"bfloat16"``: the perturbed tails run in it (statistics float32).
     Returns:
       ``(B, S, S)`` maps in [0, 1].
     """
-    check_lam_ratio(lam_ratio)
-    batch = x.shape[0]
-    chunk_size = perturb.default_chunk(num_masks, batch) * batch if chunk_size is None else chunk_size
-    chunk = max(1, chunk_size // batch)
-    perturb.check_perturbation_args(num_masks, keep_prob, chunk, score)
+    check_options(num_masks=num_masks, keep_prob=keep_prob, lam_ratio=lam_ratio, score=score, design=design,
+                  chunk_size=chunk_size)
     A = tap.head(x) if features is None else features
-    if memory_budget is not None:
-        fit = perturb.chunk_for_memory(tap.tail_fn, tap.variables, A, num_masks=num_masks,
-                                       memory_budget=memory_budget, num_classes=1)
-        chunk = min(chunk, fit) if chunk_size is not None else fit
-    W = chip_weights(tap.tail_fn, tap.variables, A, jnp.asarray(targets, jnp.int32), jax.random.PRNGKey(seed),
-                     num_masks=num_masks, chunk=min(chunk, num_masks), keep_prob=float(keep_prob), balanced=balanced,
-                     score=score, lam_ratio=float(lam_ratio), nonneg=nonneg)
+    chunk = None if chunk_size is None else perturb.masks_per_step(chunk_size, x.shape[0])
+    options = dict(keep_prob=float(keep_prob), design=design, score=score, lam_ratio=float(lam_ratio),
+                   nonneg=bool(nonneg), chunk=chunk, memory_budget=memory_budget, compute_dtype=compute_dtype)
+    key = jax.random.PRNGKey(seed)
+    if num_masks == "auto":
+        W = auto_weights(tap, A, targets, key, x.shape[1:3], stability=stability, max_masks=max_masks,
+                         **options).weights
+    else:
+        W, _ = image_weights(tap, A, targets, key, num_masks=int(num_masks), **options)
     return heatmap(A, W, x.shape[1:3])
 
 
+def check_options(*, num_masks=DEFAULTS["num_masks"], keep_prob=DEFAULTS["keep_prob"],
+                  lam_ratio=DEFAULTS["lam_ratio"], score=DEFAULTS["score"], design=DEFAULTS["design"],
+                  chunk_size=None) -> None:
+    """Refuse CHIP options that cannot work (:class:`InputError`), before anything runs."""
+    check_lam_ratio(lam_ratio)
+    if design not in perturb.DESIGNS:
+        raise InputError(f"unknown mask design {design!r}; choose one of {', '.join(perturb.DESIGNS)}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+                                   or chunk_size < 1):
+        raise InputError(f"chunk_size must be a positive integer (evaluations per step), got {chunk_size!r}")
+    perturb.check_perturbation_args(2 if num_masks == "auto" else num_masks, keep_prob, 1, score)
+
+
 def check_lam_ratio(lam_ratio: float) -> None:
+    if isinstance(lam_ratio, bool) or not isinstance(lam_ratio, (int, float, np.integer, np.floating)):
+        raise InputError(f"lam_ratio must be a number in [0, 1), got {lam_ratio!r}")
     if not (0.0 <= float(lam_ratio) < 1.0) or not np.isfinite(lam_ratio):
         raise InputError(f"lam_ratio must lie in [0, 1) (a fraction of λ_max; ≥ 1 zeroes every weight), got {lam_ratio!r}")
 
@@ -241,7 +375,7 @@ class ClassStatsAccumulator:
         batch = A.shape[0]
         chunk = min(max(1, self.chunk_size // batch), self.options["num_masks"])
         s = perturb.perturbation_stats(self.tap.tail_fn, self.tap.variables, A, self.key, chunk=chunk,
-                                       balanced=False, **self.options)
+                                       **self.options)
         R = st.cross(s)  # (B, K, C)
         V = st.score_var(s)  # (B, C)
         if self.cross_sum is None:

@@ -145,12 +145,10 @@ def check_options(method: str, options: dict) -> None:
             raise InputError(f"option {', '.join(fixed)} cannot be used with a fitted chip_model (its weights are "
                              f"fixed); drop it, or drop chip_model to fit image-level CHIP")
     elif method in ("chip", "refined-chip"):
-        from . import chip, perturb
+        from . import chip
 
-        chip.check_lam_ratio(options.get("lam_ratio", chip.DEFAULTS["lam_ratio"]))
-        perturb.check_perturbation_args(options.get("num_masks", chip.DEFAULTS["num_masks"]),
-                                        options.get("keep_prob", chip.DEFAULTS["keep_prob"]),
-                                        options.get("chunk_size") or 1, options.get("score", chip.DEFAULTS["score"]))
+        chip.check_options(**{k: v for k, v in options.items()
+                              if k in ("num_masks", "keep_prob", "lam_ratio", "score", "design", "chunk_size")})
 
 
 def _check_chip_model(chip_model, model, layer) -> str:

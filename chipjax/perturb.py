@@ -38,7 +38,7 @@ stay with the caller (heat maps) and XLA updates the scan's sums in place.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from functools import partial
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -51,6 +51,9 @@ from . import stats as st
 from .errors import InputError, ResourceError
 
 SCORES = ("prob", "logit", "logprob")
+
+#: Mask designs of :func:`sample_masks`; ``"iid"`` is the paper's reading and the default.
+DESIGNS = ("iid", "balanced", "antithetic")
 
 #: Most masks one call can stream: the exact integer mask sums live in float32 (2²⁴).
 MAX_MASKS = 2 ** 24
@@ -96,13 +99,22 @@ def default_chunk(num_masks: int, batch: int, evals_per_step: int = 256) -> int:
     return max(1, min(num_masks, math.ceil(evals_per_step / max(1, batch))))
 
 
+def masks_per_step(evals_per_step: int, batch: int) -> int:
+    """Masks (or channels) per step so that a step runs about ``evals_per_step`` evaluations of ``batch`` images.
+
+    The user-facing knob (``chunk_size``) counts perturbed *evaluations*; the engine's ``chunk``
+    counts masks: this is the one conversion between them.
+    """
+    return max(1, int(evals_per_step) // max(1, int(batch)))
+
+
 # ------------------------------------------------------------------------------------------------
 # Masks, perturbed tails, scores
 # ------------------------------------------------------------------------------------------------
 
 
 def sample_masks(key: jax.Array, indices: jax.Array, num_channels: int, keep_prob: float = 0.5,
-                 balanced: bool = False) -> jax.Array:
+                 design: str = "iid") -> jax.Array:
     """Masks number ``indices`` of the stream defined by ``key``.
 
     Row ``j`` depends only on ``key`` and ``indices[j]`` (its own ``fold_in(key, i)``), so a
@@ -112,18 +124,32 @@ def sample_masks(key: jax.Array, indices: jax.Array, num_channels: int, keep_pro
       key: PRNG key of the whole mask stream.
       indices: ``(n,)`` int mask numbers.
       num_channels: K.
-      keep_prob: probability that a channel stays on — independent Bernoulli draws, each
-        from 16 random bits (``keep_prob`` resolved to 2⁻¹⁶; 0.5 exactly), 3× cheaper than
-        ``jax.random.bernoulli`` — or, when ``balanced``, the kept fraction: exactly
-        ``round(keep_prob * K)`` channels on, a uniformly random subset drawn by selection
-        sampling (Knuth's Algorithm S).
+      keep_prob: probability that a channel stays on.
+      design: how the masks are drawn (:data:`DESIGNS`):
+
+        * ``"iid"`` (the paper's reading): independent Bernoulli draws, each from 16 random
+          bits (``keep_prob`` resolved to 2⁻¹⁶; 0.5 exactly), 3× cheaper than
+          ``jax.random.bernoulli``;
+        * ``"balanced"``: exactly ``round(keep_prob * K)`` channels on, a uniformly random
+          subset drawn by selection sampling (Knuth's Algorithm S);
+        * ``"antithetic"``: mask ``2j + 1`` is the complement ``1 − m`` of the i.i.d. mask
+          ``2j`` (drawn from ``fold_in(key, j)``). A pair's two scores share every channel
+          interaction of even order, so the lasso's main effects see less of them; with
+          ``keep_prob`` 0.5 both members are Bernoulli(0.5).
     Returns:
       ``(n, K)`` float32 of 0/1.
     """
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(indices))
-    if not balanced:
+    indices = jnp.asarray(indices)
+    if design == "antithetic":
+        base = sample_masks(key, indices // 2, num_channels, keep_prob, "iid")
+        flip = (indices % 2 == 1)[:, None]
+        return jnp.where(flip, 1.0 - base, base)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+    if design == "iid":
         threshold = jnp.uint32(round(float(keep_prob) * 65536))
         return jax.vmap(lambda k: _uniform16(k, num_channels) < threshold)(keys).astype(jnp.float32)
+    if design != "balanced":
+        raise InputError(f"unknown mask design {design!r}; choose one of {', '.join(DESIGNS)}")
     u = jax.vmap(lambda k: jax.random.uniform(k, (num_channels,)))(keys)  # (n, K)
     return _selection_sample(u, int(round(keep_prob * num_channels)))
 
@@ -195,7 +221,7 @@ def cast_floating(tree: Any, dtype) -> Any:
 
 
 def perturbation_stats(tail_fn: Callable, variables: Any, features: jax.Array, key: jax.Array, *,
-                       num_masks: int, chunk: int | None = None, keep_prob: float = 0.5, balanced: bool = False,
+                       num_masks: int, chunk: int | None = None, keep_prob: float = 0.5, design: str = "iid",
                        score: str = "prob", classes: jax.Array | None = None, compute_dtype=None,
                        memory_budget: int | None = None, devices: Sequence[jax.Device] | None = None) -> st.Stats:
     """Stream ``num_masks`` perturbed tails into per-image sufficient statistics.
@@ -209,7 +235,7 @@ def perturbation_stats(tail_fn: Callable, variables: Any, features: jax.Array, k
       chunk: masks per step, each step running ``chunk · B`` tail evaluations (peak
         memory ≈ ``chunk · B`` tail activations). Default: from ``memory_budget`` if
         given, else :func:`default_chunk`. With a budget too, the smaller of the two.
-      keep_prob, balanced: see :func:`sample_masks`.
+      keep_prob, design: see :func:`sample_masks`.
       score: ``prob`` | ``logit`` | ``logprob``.
       classes: optional ``(B, C')`` int classes to keep per image (default: all C).
       compute_dtype: e.g. ``jnp.bfloat16``: the tail (weights, features, masks) runs in
@@ -223,16 +249,16 @@ def perturbation_stats(tail_fn: Callable, variables: Any, features: jax.Array, k
       and scores ``(C',)`` per image. The mask fields are the same for every image.
     """
     shared = shared_perturbation_stats(tail_fn, variables, features, key, num_masks=num_masks, chunk=chunk,
-                                       keep_prob=keep_prob, balanced=balanced, score=score, classes=classes,
+                                       keep_prob=keep_prob, design=design, score=score, classes=classes,
                                        compute_dtype=compute_dtype, memory_budget=memory_budget, devices=devices)
     return expand_shared(shared, features.shape[0])
 
 
 def shared_perturbation_stats(tail_fn: Callable, variables: Any, features: jax.Array, key: jax.Array, *,
                               num_masks: int, chunk: int | None = None, keep_prob: float = 0.5,
-                              balanced: bool = False, score: str = "prob", classes: jax.Array | None = None,
+                              design: str = "iid", score: str = "prob", classes: jax.Array | None = None,
                               compute_dtype=None, memory_budget: int | None = None,
-                              devices: Sequence[jax.Device] | None = None) -> st.Stats:
+                              devices: Sequence[jax.Device] | None = None, first: int = 0) -> st.Stats:
     """:func:`perturbation_stats` in the *shared* layout (:data:`SHARED_AXES`).
 
     ``count ()``, ``mask_mean (K,)``, ``mask_comoment (K, K)`` once for all images;
@@ -242,6 +268,8 @@ def shared_perturbation_stats(tail_fn: Callable, variables: Any, features: jax.A
 
     With a concrete ``key`` (not traced inside an outer ``jit``) the mask Gram comes from
     :func:`mask_gram`'s cache, so a sweep over many images with one seed computes it once.
+    ``first``: number of the first mask (default 0): masks ``first … first + num_masks − 1`` of
+    the stream, so that rounds of one stream (``num_masks="auto"``) draw disjoint masks.
     """
     batch, num_channels = features.shape[0], features.shape[-1]
     check_perturbation_args(num_masks, keep_prob, 1 if chunk is None else chunk, score)
@@ -260,9 +288,12 @@ def shared_perturbation_stats(tail_fn: Callable, variables: Any, features: jax.A
     gram = None
     if _key_identity(key) is not None:  # not traced: the mask Gram can come from the cache
         gram = mask_gram(key, num_masks=int(num_masks), num_channels=num_channels, keep_prob=keep_prob,
-                         balanced=balanced)
-    return _shared_stats_jit(tail_fn, variables, features, key, classes, gram, num_masks=int(num_masks),
-                             chunk=min(int(chunk), per_device), keep_prob=float(keep_prob), balanced=bool(balanced),
+                         design=design, first=first)
+    if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or not 0 <= first <= MAX_MASKS:
+        raise InputError(f"first must be a mask number in [0, 2**24], got {first!r}")
+    return _shared_stats_jit(tail_fn, variables, features, key, classes, gram, jnp.int32(first),
+                             num_masks=int(num_masks),
+                             chunk=min(int(chunk), per_device), keep_prob=float(keep_prob), design=str(design),
                              score=score, compute_dtype=None if compute_dtype is None else jnp.dtype(compute_dtype),
                              devices=devices, gram_mode=mask_gram_mode(devices[0].platform), K=num_channels)
 
@@ -356,43 +387,45 @@ def _stream(chunk_fn: Callable, count: int, chunk: int):
     return acc
 
 
-def _device_sums(tail_fn, variables, features, key, classes, start, *, count, num_masks, chunk, keep_prob,
-                 balanced, score, gram_mode, padded) -> _Sums:
-    """Sums over the masks ``start … start + count − 1`` on one device (``padded``: some of them may be
-    ≥ ``num_masks``; those weigh 0). ``gram_mode None``: no mask Gram."""
+def _device_sums(tail_fn, variables, features, key, classes, first, start, *, count, num_masks, chunk, keep_prob,
+                 design, score, gram_mode, padded) -> _Sums:
+    """Sums over the masks ``first + start … first + start + count − 1`` on one device (``padded``: some
+    of them may lie past the call's ``num_masks``; those weigh 0). ``gram_mode None``: no mask Gram."""
     num_channels = features.shape[-1]
 
     def chunk_fn(offset, size, acc):
-        idx = start + offset + jnp.arange(size)
-        masks = sample_masks(key, idx, num_channels, keep_prob, balanced)
+        local = start + offset + jnp.arange(size)  # numbers within this call's masks
+        masks = sample_masks(key, first + local, num_channels, keep_prob, design)
         logits = perturbed_logits(tail_fn, variables, features, masks)
         y = select_classes(scores_from_logits(logits.astype(jnp.float32), score), classes)  # (n, B, C')
-        valid = (idx < num_masks) if padded else None
+        valid = (local < num_masks) if padded else None
         part = _chunk_sums(masks, y, valid, None if acc is None else acc.shift, gram_mode)
         return part if acc is None else _add_sums(acc, part)
 
     return _stream(chunk_fn, count, chunk)
 
 
-@partial(jax.jit, static_argnames=("tail_fn", "num_masks", "chunk", "keep_prob", "balanced", "score",
+@partial(jax.jit, static_argnames=("tail_fn", "num_masks", "chunk", "keep_prob", "design", "score",
                                    "compute_dtype", "devices", "gram_mode", "K"))
-def _shared_stats_jit(tail_fn, variables, features, key, classes, gram, *, num_masks, chunk, keep_prob, balanced,
+def _shared_stats_jit(tail_fn, variables, features, key, classes, gram, first, *, num_masks, chunk, keep_prob, design,
                       score, compute_dtype, devices, gram_mode, K):
-    """The sweep. ``gram``: the cached uncentred mask Gram ``(K, K)``, or None to compute it in the loop."""
+    """The sweep over masks ``first … first + num_masks − 1`` (``first`` traced: rounds share one compilation).
+
+    ``gram``: the cached uncentred mask Gram ``(K, K)``, or None to compute it in the loop."""
     del K  # part of the cache key only
     variables = cast_floating(variables, compute_dtype)
     features = features if compute_dtype is None else features.astype(compute_dtype)
     num_devices = len(devices)
     per_device = -(-num_masks // num_devices)
-    options = dict(count=per_device, num_masks=num_masks, chunk=chunk, keep_prob=keep_prob, balanced=balanced,
+    options = dict(count=per_device, num_masks=num_masks, chunk=chunk, keep_prob=keep_prob, design=design,
                    score=score, gram_mode=gram_mode if gram is None else None,
                    padded=per_device * num_devices != num_masks)
     if num_devices == 1:
-        return _stats_from_sums(_device_sums(tail_fn, variables, features, key, classes, 0, **options), gram)
+        return _stats_from_sums(_device_sums(tail_fn, variables, features, key, classes, first, 0, **options), gram)
 
-    def shard(variables, features, key, classes):
+    def shard(variables, features, key, classes, first):
         start = lax.axis_index(MASK_AXIS) * per_device
-        sums = _device_sums(tail_fn, variables, features, key, classes, start, **options)
+        sums = _device_sums(tail_fn, variables, features, key, classes, first, start, **options)
         if gram is not None:  # placeholder: the pooled co-moment is set from the global Gram below
             sums = sums._replace(mask_gram=jnp.zeros((features.shape[-1],) * 2))
         local = _stats_from_sums(sums)
@@ -401,7 +434,7 @@ def _shared_stats_jit(tail_fn, variables, features, key, classes, gram, *, num_m
     mesh = jax.sharding.Mesh(np.asarray(devices), (MASK_AXIS,))
     replicated = jax.sharding.PartitionSpec()
     pooled = jax.shard_map(shard, mesh=mesh, in_specs=replicated, out_specs=replicated, check_vma=False)(
-        variables, features, key, classes)
+        variables, features, key, classes, first)
     if gram is None:
         return pooled
     return pooled._replace(mask_comoment=gram - jnp.outer(pooled.mask_mean, pooled.mask_mean * pooled.count))
@@ -411,40 +444,65 @@ def _shared_stats_jit(tail_fn, variables, features, key, classes, gram, *, num_m
 # The mask Gram: exact, and cached per mask stream
 # ------------------------------------------------------------------------------------------------
 
-_GRAM_CACHE: "OrderedDict[tuple, jax.Array]" = OrderedDict()
-#: Mask streams whose Gram is kept (each ``K × K`` float32: 16 MiB at K = 2048).
+_STREAM_CACHE: "OrderedDict[tuple, dict]" = OrderedDict()
+#: Mask streams whose quantities are kept (the Gram is ``K × K`` float32: 16 MiB at K = 2048).
 GRAM_CACHE_SIZE = 4
+#: How often each per-stream quantity was computed rather than taken from the cache, by name
+#: (``"gram"`` here, ``"lipschitz"`` in :mod:`chipjax.chip`): what tests count.
+STREAM_COMPUTATIONS: Counter = Counter()
+
+
+def stream_identity(key: jax.Array, *, num_masks: int, num_channels: int, keep_prob: float = 0.5,
+                    design: str = "iid", first: int = 0) -> tuple | None:
+    """Hashable identity of the masks ``first … first + N − 1`` of a stream; None when ``key`` is traced."""
+    identity = _key_identity(key)
+    if identity is None:
+        return None
+    return (identity, int(num_masks), int(num_channels), float(keep_prob), str(design), int(first))
+
+
+def cached_for_stream(identity: tuple, name: str, compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per mask stream ``identity`` (:func:`stream_identity`) and ``name``; later calls
+    return the kept value. Anything that depends on the masks alone (the Gram, its top eigenvalue)
+    lives here, in an LRU of :data:`GRAM_CACHE_SIZE` streams (:func:`clear_mask_cache` empties it)."""
+    entry = _STREAM_CACHE.get(identity)
+    if entry is None:
+        entry = _STREAM_CACHE[identity] = {}
+        while len(_STREAM_CACHE) > GRAM_CACHE_SIZE:
+            _STREAM_CACHE.popitem(last=False)
+    _STREAM_CACHE.move_to_end(identity)
+    if name not in entry:
+        entry[name] = compute()
+        STREAM_COMPUTATIONS[name] += 1
+    return entry[name]
 
 
 def mask_gram(key: jax.Array, *, num_masks: int, num_channels: int, keep_prob: float = 0.5,
-              balanced: bool = False) -> jax.Array:
-    """``(K, K)`` float32 ``Σ_i m_i m_iᵀ`` over the masks ``0 … N − 1`` of the stream (exact integers).
+              design: str = "iid", first: int = 0) -> jax.Array:
+    """``(K, K)`` float32 ``Σ_i m_i m_iᵀ`` over the masks ``first … first + N − 1`` of the stream (exact integers).
 
     It depends only on the mask stream — the same for every image explained with one seed — so
-    it is computed once per (key, N, K, keep_prob, balanced), in a pass of its own over the
-    masks in large blocks, and kept in a small LRU cache (:data:`GRAM_CACHE_SIZE` streams;
-    :func:`clear_mask_cache` empties it). ``key`` must be concrete, outside any ``jit`` trace.
+    it is computed once per (key, N, K, keep_prob, design, first), in a pass of its own over the
+    masks in large blocks, and kept by :func:`cached_for_stream`. ``key`` must be concrete,
+    outside any ``jit`` trace.
     """
-    identity = _key_identity(key)
+    identity = stream_identity(key, num_masks=num_masks, num_channels=num_channels, keep_prob=keep_prob,
+                               design=design, first=first)
     if identity is None:
         raise InputError("mask_gram needs a concrete key (call it outside jit)")
-    ident = (identity, int(num_masks), int(num_channels), float(keep_prob), bool(balanced))
-    gram = _GRAM_CACHE.get(ident)
-    if gram is None:
+
+    def compute():
         platform = jax.local_devices()[0].platform
-        gram = _mask_gram_jit(key, num_masks=int(num_masks), num_channels=int(num_channels),
-                              keep_prob=float(keep_prob), balanced=bool(balanced),
+        return _mask_gram_jit(key, jnp.int32(first), num_masks=int(num_masks), num_channels=int(num_channels),
+                              keep_prob=float(keep_prob), design=str(design),
                               block=gram_block(int(num_masks), int(num_channels)), gram_mode=mask_gram_mode(platform))
-        _GRAM_CACHE[ident] = gram
-        while len(_GRAM_CACHE) > GRAM_CACHE_SIZE:
-            _GRAM_CACHE.popitem(last=False)
-    _GRAM_CACHE.move_to_end(ident)
-    return gram
+
+    return cached_for_stream(identity, "gram", compute)
 
 
 def clear_mask_cache() -> None:
-    """Forget every cached mask Gram."""
-    _GRAM_CACHE.clear()
+    """Forget every cached per-stream quantity."""
+    _STREAM_CACHE.clear()
 
 
 def gram_block(num_masks: int, num_channels: int) -> int:
@@ -452,10 +510,10 @@ def gram_block(num_masks: int, num_channels: int) -> int:
     return int(max(1, min(num_masks, (1 << 22) // max(1, num_channels))))
 
 
-@partial(jax.jit, static_argnames=("num_masks", "num_channels", "keep_prob", "balanced", "block", "gram_mode"))
-def _mask_gram_jit(key, *, num_masks, num_channels, keep_prob, balanced, block, gram_mode):
+@partial(jax.jit, static_argnames=("num_masks", "num_channels", "keep_prob", "design", "block", "gram_mode"))
+def _mask_gram_jit(key, first, *, num_masks, num_channels, keep_prob, design, block, gram_mode):
     def block_gram(offset, size, acc):
-        masks = sample_masks(key, offset + jnp.arange(size), num_channels, keep_prob, balanced)
+        masks = sample_masks(key, first + offset + jnp.arange(size), num_channels, keep_prob, design)
         part = _mask_gram(masks, masks, gram_mode)
         return part if acc is None else acc + part
 
@@ -491,6 +549,102 @@ def _mask_gram(weighted_masks: jax.Array, masks: jax.Array, mode: str) -> jax.Ar
         return jnp.matmul(weighted_masks.T, masks, precision=_HIGHEST)
     a, b = weighted_masks.astype(jnp.bfloat16), masks.astype(jnp.bfloat16)
     return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Item sweeps: the engine under the baselines (Ablation-CAM, Score-CAM, RISE)
+# ------------------------------------------------------------------------------------------------
+
+REDUCERS = ("stack", "sum")
+
+
+def chunk_indices(num_items: int, chunk: int) -> jax.Array:
+    """``(ceil(N / chunk), chunk)`` item numbers, row-major; numbers ``≥ N`` pad the last chunk."""
+    steps = -(-num_items // chunk)
+    return jnp.arange(steps * chunk).reshape(steps, chunk)
+
+
+def sweep(item_fn: Callable[[Any, jax.Array], Any], operands: Any, num_items: int, *, chunk: int,
+          reduce: str = "stack", devices: Sequence[jax.Device] | None = None) -> Any:
+    """Evaluate ``item_fn`` over the items ``0 … N − 1``, ``chunk`` at a time, sharded over local devices.
+
+    The same rule as CHIP's sweep: item ``i`` (a mask, an ablated channel, a channel's input
+    mask) depends only on its number, so the result does not depend on the chunk or on how
+    many devices share the items (each device takes a contiguous slice of the numbers, under
+    ``shard_map`` over the 1-D mesh :data:`MASK_AXIS`). Traceable: call it inside a jit.
+
+    Args:
+      item_fn: ``(operands, indices (n,) int) -> pytree of (n, ...)``: the result of each item,
+        pure, items independent. Padding items (past N or past a device's slice, in its last
+        chunk) are evaluated as item ``min(i, N − 1)`` and dropped (``stack``) or zeroed (``sum``).
+      operands: pytree of arrays ``item_fn`` needs (replicated on every device).
+      num_items: N.
+      chunk: items per step; peak memory is one chunk of ``item_fn``'s work whatever N.
+      reduce: ``"stack"``: every item's result in order, ``(N, ...)``; ``"sum"``: their sum,
+        ``(...)`` (RISE's weighted sum of masks).
+      devices: devices to shard over (default: every local device).
+    """
+    if reduce not in REDUCERS:
+        raise InputError(f"reduce must be one of {', '.join(REDUCERS)}, got {reduce!r}")
+    devices = tuple(jax.local_devices() if devices is None else devices)
+    per_device = -(-int(num_items) // len(devices))
+    chunk = max(1, min(int(chunk), per_device))
+
+    def local(operands, start):
+        idx = start + chunk_indices(per_device, chunk)  # (steps, chunk)
+        clamp = lambda i: jnp.minimum(i, num_items - 1)  # noqa: E731
+        if reduce == "stack":
+            out = lax.map(lambda i: item_fn(operands, clamp(i)), idx)
+            return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:per_device], out)
+
+        def step(total, i):
+            terms = item_fn(operands, clamp(i))
+            valid = (i < num_items) & (i < start + per_device)  # not past N, nor into the next device's slice
+            part = jax.tree.map(lambda t: jnp.sum(jnp.where(valid.reshape((-1,) + (1,) * (t.ndim - 1)), t, 0), 0),
+                                terms)
+            return jax.tree.map(jnp.add, total, part), None
+
+        shapes = jax.eval_shape(item_fn, operands, idx[0])
+        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), shapes)
+        return lax.scan(step, zeros, idx)[0]
+
+    if len(devices) == 1:
+        out = local(operands, 0)
+        return jax.tree.map(lambda a: a[:num_items], out) if reduce == "stack" else out
+
+    def shard(operands):
+        out = local(operands, lax.axis_index(MASK_AXIS) * per_device)
+        return out if reduce == "stack" else jax.tree.map(lambda a: lax.psum(a, MASK_AXIS), out)
+
+    mesh = jax.sharding.Mesh(np.asarray(devices), (MASK_AXIS,))
+    P = jax.sharding.PartitionSpec
+    out = jax.shard_map(shard, mesh=mesh, in_specs=P(), out_specs=P(MASK_AXIS) if reduce == "stack" else P(),
+                        check_vma=False)(operands)
+    return jax.tree.map(lambda a: a[:num_items], out) if reduce == "stack" else out
+
+
+def items_per_step(fn: Callable, variables: Any, site_input: jax.Array, *, num_items: int,
+                   chunk_size: int | None, default: int, memory_budget: int | None = None,
+                   compute_dtype=None, devices: Sequence[jax.Device] | None = None) -> int:
+    """The one chunking rule of the item sweeps: items per step from evaluations per step.
+
+    ``chunk_size`` (evaluations per step, default ``default``) over the B images of
+    ``site_input (B, ...)`` gives items per step (:func:`masks_per_step`); a ``memory_budget``
+    (bytes per device) caps it by :func:`chunk_for_memory` of ``fn (variables, site) -> logits``
+    on each device's share of the items, raising :class:`~chipjax.errors.ResourceError` when
+    one item cannot fit.
+    """
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+                                   or chunk_size < 1):
+        raise InputError(f"chunk_size must be a positive integer (evaluations per step), got {chunk_size!r}")
+    batch = site_input.shape[0]
+    chunk = masks_per_step(default if chunk_size is None else chunk_size, batch)
+    if memory_budget is not None:
+        num_devices = len(jax.local_devices() if devices is None else devices)
+        fit = chunk_for_memory(fn, variables, site_input, num_masks=-(-num_items // num_devices),
+                               memory_budget=memory_budget, compute_dtype=compute_dtype, num_classes=1)
+        chunk = fit if chunk_size is None else min(chunk, fit)
+    return int(max(1, min(num_items, chunk)))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -105,6 +105,7 @@ def lasso(
     max_iter: int = 5000,
     tol: float = 1e-7,
     y_var: jax.Array | None = None,
+    lipschitz: jax.Array | None = None,
 ) -> jax.Array:
     """Multi-output lasso from sufficient statistics; returns ``W (K, C)``.
 
@@ -117,12 +118,16 @@ def lasso(
       max_iter: most FISTA iterations.
       tol: stop a class once its relative duality gap is ≤ tol (see the module doc).
       y_var: optional ``(C,)`` score variances (:func:`chipjax.stats.score_var`) for the exact gap.
+      lipschitz: optional ``()`` top eigenvalue of ``G`` (:func:`top_eigenvalue`), when the
+        caller has it (image-level CHIP caches it per mask stream); default: power iteration here.
+        The step grows safe on the fly if it was too small an estimate.
 
     Float32 unless the inputs are float64 (with x64 enabled). Raises
     :class:`~chipjax.errors.InputError` on bad shapes or a negative λ; under an outer
     ``jit``/``vmap`` a traced negative λ cannot be checked and acts as 0.
     """
-    return lasso_with_info(G, R, lam, nonneg=nonneg, W0=W0, max_iter=max_iter, tol=tol, y_var=y_var)[0]
+    return lasso_with_info(G, R, lam, nonneg=nonneg, W0=W0, max_iter=max_iter, tol=tol, y_var=y_var,
+                           lipschitz=lipschitz)[0]
 
 
 def lasso_with_info(
@@ -134,11 +139,14 @@ def lasso_with_info(
     max_iter: int = 5000,
     tol: float = 1e-7,
     y_var: jax.Array | None = None,
+    lipschitz: jax.Array | None = None,
 ) -> tuple[jax.Array, LassoInfo]:
     """:func:`lasso`, also returning :class:`LassoInfo` (iterations, relative gaps, convergence, L)."""
     G, R, lam, W0, y_var = _checked_problem(G, R, lam, W0, y_var)
     _check_controls(max_iter, tol)
-    return _lasso_jit(G, R, lam, W0, y_var, jnp.asarray(tol, G.dtype), jnp.asarray(max_iter, jnp.int32), bool(nonneg))
+    L = None if lipschitz is None else jnp.asarray(lipschitz, G.dtype)
+    return _lasso_jit(G, R, lam, W0, y_var, jnp.asarray(tol, G.dtype), jnp.asarray(max_iter, jnp.int32), bool(nonneg),
+                      L)
 
 
 def lasso_path(
@@ -186,7 +194,7 @@ def chip_weights(
     def one(G, R, y_var, W0):
         G, R, _, W0, y_var = _checked_problem(G, R, None, W0, y_var)
         lam = ratio * _lambda_max(R, bool(nonneg))
-        return _lasso_jit(G, R, lam, W0, y_var, tol_, max_iter_, bool(nonneg))[0]
+        return _lasso_jit(G, R, lam, W0, y_var, tol_, max_iter_, bool(nonneg), None)[0]
 
     if G.ndim == 3:
         return jax.vmap(one, in_axes=(0, 0, 0, None if W0 is None or jnp.ndim(W0) == 2 else 0))(G, R, y_var, W0)
@@ -197,8 +205,8 @@ def chip_weights(
 
 
 @partial(jax.jit, static_argnames=("nonneg",))
-def _lasso_jit(G, R, lam, W0, y_var, tol, max_iter, nonneg):
-    L = _SAFETY * _top_eigenvalue(G, _POWER_ITERS)
+def _lasso_jit(G, R, lam, W0, y_var, tol, max_iter, nonneg, lipschitz):
+    L = _SAFETY * (_top_eigenvalue(G, _POWER_ITERS) if lipschitz is None else lipschitz)
     return _fista(G, R, lam, W0, y_var, L, tol, max_iter, nonneg)
 
 

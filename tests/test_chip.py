@@ -38,9 +38,8 @@ def test_planted_support_sign_and_order_recovered():
     V, A, support = planted_problem()
     tap = linear_tap(V)
     targets = jnp.array([2])
-    W = chip.chip_weights(tap.tail_fn, tap.variables, jnp.asarray(A), targets, jax.random.PRNGKey(0),
-                          num_masks=512, chunk=64, keep_prob=0.5, balanced=False, score="logit", lam_ratio=0.01,
-                          nonneg=False)
+    W, _ = chip.image_weights(tap, jnp.asarray(A), targets, jax.random.PRNGKey(0), num_masks=512, chunk=64,
+                              keep_prob=0.5, design="iid", score="logit", lam_ratio=0.01, nonneg=False)
     w = np.asarray(W[0])
     truth = A[0].mean(axis=(0, 1)) * V[:, 2]  # the exact linear effect of each channel on the target logit
     found = np.flatnonzero(np.abs(w) > 1e-3 * np.abs(w).max())
@@ -64,6 +63,73 @@ def test_image_level_maps_batch_with_own_targets_equals_one_by_one():
     np.testing.assert_allclose(np.asarray(both[1]), np.asarray(second[0]), atol=1e-5)
 
 
+def test_explain_path_computes_the_mask_gram_and_lipschitz_once_per_stream():
+    from chipjax import perturb
+
+    V, A, _ = planted_problem()
+    tap = linear_tap(V)
+    rng = np.random.default_rng(5)
+    perturb.clear_mask_cache()
+    before = dict(perturb.STREAM_COMPUTATIONS)
+    for i in range(3):  # three different images, one seed: one mask stream
+        feats = jnp.asarray(rng.uniform(0.5, 1.5, A.shape).astype(np.float32))
+        chip.chip_maps(tap, jnp.ones((1, H, H, 3)), jnp.array([i]), features=feats, num_masks=96, chunk_size=32)
+    grams = perturb.STREAM_COMPUTATIONS["gram"] - before.get("gram", 0)
+    lips = perturb.STREAM_COMPUTATIONS["lipschitz"] - before.get("lipschitz", 0)
+    assert (grams, lips) == (1, 1)
+    chip.chip_maps(tap, jnp.ones((1, H, H, 3)), jnp.array([0]), features=feats, num_masks=96, seed=1)
+    assert perturb.STREAM_COMPUTATIONS["gram"] - before.get("gram", 0) == 2  # a new seed is a new stream
+
+
+def test_batched_solve_equals_separate_lasso_per_image():
+    """One multi-output lasso on the shared G == B single-output lassos (solvers.chip_weights on the batched stats)."""
+    from chipjax import perturb, solvers
+
+    V, A, _ = planted_problem()
+    rng = np.random.default_rng(6)
+    A3 = jnp.asarray(np.concatenate([A] + [rng.uniform(0.5, 1.5, A.shape).astype(np.float32) for _ in range(2)]))
+    tap = linear_tap(V)
+    targets = jnp.array([2, 0, 1])
+    W, shared = chip.image_weights(tap, A3, targets, jax.random.key(2), num_masks=300, chunk=50, score="prob")
+    one_by_one = solvers.chip_weights(perturb.expand_shared(shared, 3), 0.05, tol=chip.SOLVER_TOL)[..., 0]
+    np.testing.assert_allclose(np.asarray(W), np.asarray(one_by_one), rtol=1e-3, atol=1e-4 * float(jnp.abs(W).max()))
+
+
+def test_rounds_of_one_stream_merge_to_the_whole_stream():
+    from chipjax import perturb
+
+    V, A, _ = planted_problem()
+    tap, key = linear_tap(V), jax.random.key(4)
+    kw = dict(chunk=16, classes=jnp.array([[2]]), score="logit")
+    whole = perturb.shared_perturbation_stats(tap.tail_fn, tap.variables, jnp.asarray(A), key, num_masks=96, **kw)
+    parts = [perturb.shared_perturbation_stats(tap.tail_fn, tap.variables, jnp.asarray(A), key, num_masks=32,
+                                               first=f, **kw) for f in (0, 32, 64)]
+    merged = chip._merge_shared(chip._merge_shared(parts[0], parts[1]), parts[2])
+    for a, b in zip(merged, whole):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5 * float(jnp.abs(b).max()) + 1e-7)
+
+
+def test_auto_mask_count_stops_when_maps_are_stable():
+    V, A, _ = planted_problem()
+    tap = linear_tap(V)
+    fit = chip.auto_weights(tap, jnp.asarray(A), jnp.array([2]), jax.random.key(0), (H, H), round_masks=64,
+                            max_masks=4096, stability=0.99, score="logit", lam_ratio=0.01)
+    assert fit.num_masks % 128 == 0 and 128 <= fit.num_masks <= 4096
+    assert fit.stability.min() >= 0.99 or fit.num_masks + 128 > 4096
+    fixed, _ = chip.image_weights(tap, jnp.asarray(A), jnp.array([2]), jax.random.key(9), num_masks=4096,
+                                  score="logit", lam_ratio=0.01)
+    a, b = np.asarray(fit.weights[0]), np.asarray(fixed[0])
+    assert np.corrcoef(a, b)[0, 1] > 0.99
+    # a target the lasso cannot explain stably in few masks keeps streaming up to the cap
+    capped = chip.auto_weights(tap, jnp.asarray(A), jnp.array([2]), jax.random.key(0), (H, H), round_masks=64,
+                               max_masks=256, stability=0.999999, score="logit", lam_ratio=0.01)
+    assert capped.num_masks == 256
+    maps = chip.chip_maps(tap, jnp.ones((1, H, H, 3)), jnp.array([2]), features=jnp.asarray(A), num_masks="auto")
+    assert maps.shape == (1, H, H) and np.isfinite(np.asarray(maps)).all()
+    with pytest.raises(InputError):
+        chip.auto_weights(tap, jnp.asarray(A), jnp.array([2]), jax.random.key(0), (H, H), stability=1.5)
+
+
 def test_no_nan_for_constant_features_zero_scores_and_large_lambda():
     tap = linear_tap(np.zeros((K, C), np.float32))  # every score identical: all-zero signal
     A = jnp.ones((1, H, H, K))
@@ -76,7 +142,8 @@ def test_no_nan_for_constant_features_zero_scores_and_large_lambda():
 
 
 @pytest.mark.parametrize("bad", [dict(keep_prob=0.0), dict(keep_prob=1.0), dict(num_masks=0), dict(lam_ratio=-0.1),
-                                 dict(score="nope")])
+                                 dict(score="nope"), dict(design="sobol"), dict(num_masks="many"),
+                                 dict(lam_ratio="0.05"), dict(chunk_size=0)])
 def test_bad_options_raise_input_error(bad):
     V, A, _ = planted_problem()
     with pytest.raises(InputError):

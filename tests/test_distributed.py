@@ -45,6 +45,7 @@ def run_python(code: str, env_extra: dict | None = None, timeout: int = 300) -> 
 EIGHT_DEVICES = TINY + textwrap.dedent("""
     import json
     from chipjax import perturb, chip, solvers
+    from chipjax import stats as st
     assert len(jax.local_devices()) == 8, jax.local_devices()
     A = jnp.asarray(IMAGES[:2])
     key = jax.random.key(3)
@@ -57,13 +58,24 @@ EIGHT_DEVICES = TINY + textwrap.dedent("""
                                 for a, b in zip(many, one))
         W_many = solvers.chip_weights(many, 0.05)   # (B, K, C) one lasso per image
         W_one = solvers.chip_weights(one, 0.05)
-        out[f"W_{N}"] = float(jnp.max(jnp.abs(W_many - W_one)) / jnp.max(jnp.abs(W_one)))
-    # image-level CHIP end to end (chip_weights is jitted; sharding is automatic inside it)
+        if N > 6:  # more masks than channels: W is well determined
+            out[f"W_{N}"] = float(jnp.max(jnp.abs(W_many - W_one)) / jnp.max(jnp.abs(W_one)))
+        else:  # fewer masks than channels: G is singular, only the lasso objective is determined
+            G, R = st.gram(one), st.cross(one)
+            lam = 0.05 * jnp.max(jnp.abs(R), axis=1, keepdims=True)
+            def objective(W):
+                return (0.5 * jnp.einsum("bkc,bkl,blc->bc", W, G, W) - jnp.einsum("bkc,bkc->bc", R, W)
+                        + lam[:, 0] * jnp.abs(W).sum(1))
+            f_many, f_one = objective(W_many), objective(W_one)
+            out[f"objective_{N}"] = float(jnp.max(jnp.abs(f_many - f_one)) / jnp.max(jnp.abs(f_one)))
+    # image-level CHIP end to end (sharding is automatic inside the engine)
     jaxpr = str(jax.make_jaxpr(lambda A: perturb.perturbation_stats(tail_fn, VARIABLES, A, key, num_masks=40,
                                                                     chunk=3))(A))
     out["sharded"] = "shard_map" in jaxpr
-    W8 = chip.chip_weights(tail_fn, VARIABLES, A, jnp.array([1, 2]), key, num_masks=64, chunk=5, keep_prob=0.5,
-                           balanced=False, score="prob", lam_ratio=0.05, nonneg=False)
+    from chipjax.tap import Tap
+    tap = Tap("x", lambda v, x: x, tail_fn, VARIABLES)
+    W8, _ = chip.image_weights(tap, A, jnp.array([1, 2]), key, num_masks=64, chunk=5, keep_prob=0.5,
+                               design="iid", score="prob", lam_ratio=0.05, nonneg=False)
     np.save(OUT, np.asarray(W8))
     print(json.dumps(out))
 """)
@@ -85,11 +97,49 @@ def test_eight_simulated_devices_give_the_same_stats_and_W_as_one(tmp_path):
     from chipjax import chip
 
     assert len(jax.local_devices()) == 1
-    W1 = chip.chip_weights(ns["tail_fn"], ns["VARIABLES"], jnp.asarray(ns["IMAGES"][:2]), jnp.array([1, 2]),
-                           jax.random.key(3), num_masks=64, chunk=5, keep_prob=0.5, balanced=False, score="prob",
-                           lam_ratio=0.05, nonneg=False)
+    from chipjax.tap import Tap
+
+    tap = Tap("x", lambda v, x: x, ns["tail_fn"], ns["VARIABLES"])
+    W1, _ = chip.image_weights(tap, jnp.asarray(ns["IMAGES"][:2]), jnp.array([1, 2]), jax.random.key(3),
+                               num_masks=64, chunk=5, keep_prob=0.5, design="iid", score="prob", lam_ratio=0.05,
+                               nonneg=False)
     W8 = np.load(out)
     np.testing.assert_allclose(W8, W1, rtol=1e-5, atol=1e-5 * np.abs(W1).max())
+
+
+EIGHT_DEVICES_BASELINES = TINY + textwrap.dedent("""
+    import json
+    from chipjax import cams
+    assert len(jax.local_devices()) == 8, jax.local_devices()
+    x = jnp.asarray(IMAGES[:3])
+    targets = jnp.array([0, 2, 3])
+    one = (jax.local_devices()[0],)
+    out = {}
+    for chunk in (1, 4):  # 6 channels over 8 devices: padded; chunks of 1 and more
+        for name, fn in [
+            ("ablation", lambda d: cams.ablation_weights(tail_fn, VARIABLES, x, targets, chunk=chunk, devices=d)),
+            ("scorecam", lambda d: cams.scorecam_weights(head_fn, tail_fn, VARIABLES, x, x, targets, chunk=chunk,
+                                                         devices=d)),
+            ("rise", lambda d: cams.rise_saliency(head_fn, tail_fn, VARIABLES, x, targets, jax.random.key(1),
+                                                  num_masks=37, chunk=chunk, grid=2, devices=d)),
+        ]:
+            many, single = fn(None), fn(one)
+            out[f"{name}_{chunk}"] = float(jnp.max(jnp.abs(many - single)) / (jnp.max(jnp.abs(single)) + 1e-30))
+    jaxpr = str(jax.make_jaxpr(lambda x: cams.ablation_weights(tail_fn, VARIABLES, x, targets, chunk=2))(x))
+    out["sharded"] = "shard_map" in jaxpr
+    print(json.dumps(out))
+""")
+
+
+def test_every_baseline_on_the_engine_gives_the_same_result_on_eight_devices_as_on_one():
+    proc = run_python(EIGHT_DEVICES_BASELINES,
+                      {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result.pop("sharded") is True
+    assert len(result) == 6
+    for name, err in result.items():
+        assert err < 1e-5, (name, err)
 
 
 WORKER = TINY + textwrap.dedent("""

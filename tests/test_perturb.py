@@ -64,16 +64,16 @@ sample = jax.jit(perturb.sample_masks, static_argnums=(2, 3, 4))
 
 def test_mask_stream_does_not_depend_on_chunks():
     key = jax.random.key(7)
-    for balanced in (False, True):
-        whole = sample(key, jnp.arange(64), 33, 0.4, balanced)
-        parts = [sample(key, jnp.arange(s, min(s + 3, 64)), 33, 0.4, balanced) for s in range(0, 64, 3)]
+    for design in perturb.DESIGNS:
+        whole = sample(key, jnp.arange(64), 33, 0.4, design)
+        parts = [sample(key, jnp.arange(s, min(s + 3, 64)), 33, 0.4, design) for s in range(0, 64, 3)]
         np.testing.assert_array_equal(np.concatenate(parts), whole)
         assert set(np.unique(whole).tolist()) <= {0.0, 1.0}
 
 
 @pytest.mark.parametrize("K_, p", [(6, 0.5), (7, 0.5), (33, 0.3), (2048, 0.5), (100, 0.9)])
 def test_balanced_masks_keep_exactly_round_pK_channels(K_, p):
-    masks = np.asarray(sample(jax.random.key(1), jnp.arange(400), K_, p, True))
+    masks = np.asarray(sample(jax.random.key(1), jnp.arange(400), K_, p, "balanced"))
     assert np.all(masks.sum(1) == round(p * K_))
     if K_ <= 100:  # every channel equally likely to stay on: frequency p ± 5 standard errors
         freq = masks.mean(0)
@@ -82,21 +82,33 @@ def test_balanced_masks_keep_exactly_round_pK_channels(K_, p):
     assert len({row.tobytes() for row in masks}) >= min(subsets, 390)  # every subset turns up, none dominates
 
 
+def test_antithetic_masks_come_in_complementary_pairs():
+    masks = np.asarray(sample(jax.random.key(4), jnp.arange(200), 40, 0.5, "antithetic"))
+    np.testing.assert_array_equal(masks[1::2], 1.0 - masks[0::2])
+    iid = np.asarray(sample(jax.random.key(4), jnp.arange(100), 40, 0.5, "iid"))
+    np.testing.assert_array_equal(masks[0::2], iid)  # the even masks are the i.i.d. stream at half the numbers
+
+
+def test_unknown_design_is_refused():
+    with pytest.raises(InputError, match="unknown mask design"):
+        perturb.sample_masks(jax.random.key(0), jnp.arange(4), 8, 0.5, "sobol")
+
+
 def test_bernoulli_masks_have_the_keep_probability():
-    masks = np.asarray(sample(jax.random.key(2), jnp.arange(2000), 50, 0.3, False))
+    masks = np.asarray(sample(jax.random.key(2), jnp.arange(2000), 50, 0.3, "iid"))
     assert abs(masks.mean() - 0.3) < 0.01
 
 
 # ------------------------------------------------------------------------------------------ stats
 
 
-@pytest.mark.parametrize("score, balanced", [("prob", False), ("logit", True), ("logprob", False)])
-def test_stats_equal_direct_float64_computation(problem, score, balanced):
+@pytest.mark.parametrize("score, design", [("prob", "iid"), ("logit", "balanced"), ("logprob", "antithetic")])
+def test_stats_equal_direct_float64_computation(problem, score, design):
     variables, A = problem
     key, N = jax.random.key(3), 37
     got = perturb.perturbation_stats(tiny_tail, variables, jnp.asarray(A), key, num_masks=N, chunk=5, score=score,
-                                     balanced=balanced)
-    masks = perturb.sample_masks(key, jnp.arange(N), K, 0.5, balanced)
+                                     design=design)
+    masks = perturb.sample_masks(key, jnp.arange(N), K, 0.5, design)
     assert_stats_close(got, reference_stats(variables, A, masks, score))
 
 
@@ -149,7 +161,7 @@ def test_mask_gram_is_exact_cached_and_the_same_as_in_the_loop(problem):
     perturb.clear_mask_cache()
     key = jax.random.key(11)
     gram = perturb.mask_gram(key, num_masks=70, num_channels=K)
-    m = np.asarray(sample(key, jnp.arange(70), K, 0.5, False), np.float64)
+    m = np.asarray(sample(key, jnp.arange(70), K, 0.5, "iid"), np.float64)
     np.testing.assert_array_equal(gram, m.T @ m)
     assert perturb.mask_gram(key, num_masks=70, num_channels=K) is gram  # from the cache
     assert perturb.mask_gram(jax.random.key(12), num_masks=70, num_channels=K) is not gram
@@ -161,7 +173,7 @@ def test_mask_gram_is_exact_cached_and_the_same_as_in_the_loop(problem):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     for _ in range(perturb.GRAM_CACHE_SIZE + 1):
         perturb.mask_gram(jax.random.key(_ + 100), num_masks=8, num_channels=3)
-    assert len(perturb._GRAM_CACHE) == perturb.GRAM_CACHE_SIZE  # bounded
+    assert len(perturb._STREAM_CACHE) == perturb.GRAM_CACHE_SIZE  # bounded
     with pytest.raises(InputError, match="concrete"):
         jax.jit(lambda k: perturb.mask_gram(k, num_masks=8, num_channels=3))(key)
 
