@@ -53,7 +53,7 @@ from .errors import InputError, ResourceError
 SCORES = ("prob", "logit", "logprob")
 
 #: Mask designs of :func:`sample_masks`; ``"iid"`` is the paper's reading and the default.
-DESIGNS = ("iid", "balanced", "antithetic")
+DESIGNS = ("iid", "balanced")
 
 #: Most masks one call can stream: the exact integer mask sums live in float32 (2²⁴).
 MAX_MASKS = 2 ** 24
@@ -131,19 +131,15 @@ def sample_masks(key: jax.Array, indices: jax.Array, num_channels: int, keep_pro
           bits (``keep_prob`` resolved to 2⁻¹⁶; 0.5 exactly), 3× cheaper than
           ``jax.random.bernoulli``;
         * ``"balanced"``: exactly ``round(keep_prob * K)`` channels on, a uniformly random
-          subset drawn by selection sampling (Knuth's Algorithm S);
-        * ``"antithetic"``: mask ``2j + 1`` is the complement ``1 − m`` of the i.i.d. mask
-          ``2j`` (drawn from ``fold_in(key, j)``). A pair's two scores share every channel
-          interaction of even order, so the lasso's main effects see less of them; with
-          ``keep_prob`` 0.5 both members are Bernoulli(0.5).
+          subset drawn by selection sampling (Knuth's Algorithm S).
+
+        Antithetic pairs (each mask with its complement) were tried and dropped: a pair spans
+        one direction of mask space, not two, and maps needed about twice the masks for the
+        same seed stability (``benchmarks/RESULTS.md``, mask designs).
     Returns:
       ``(n, K)`` float32 of 0/1.
     """
     indices = jnp.asarray(indices)
-    if design == "antithetic":
-        base = sample_masks(key, indices // 2, num_channels, keep_prob, "iid")
-        flip = (indices % 2 == 1)[:, None]
-        return jnp.where(flip, 1.0 - base, base)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
     if design == "iid":
         threshold = jnp.uint32(round(float(keep_prob) * 65536))
@@ -445,8 +441,10 @@ def _shared_stats_jit(tail_fn, variables, features, key, classes, gram, first, *
 # ------------------------------------------------------------------------------------------------
 
 _STREAM_CACHE: "OrderedDict[tuple, dict]" = OrderedDict()
-#: Mask streams whose quantities are kept (the Gram is ``K × K`` float32: 16 MiB at K = 2048).
-GRAM_CACHE_SIZE = 4
+#: Mask streams whose quantities are kept, at most, and the most bytes they may hold (the Gram is
+#: ``K × K`` float32: 16 MiB at K = 2048; ``num_masks="auto"`` keeps one stream per round of 256 masks).
+GRAM_CACHE_SIZE = 64
+GRAM_CACHE_BYTES = 512 * 2 ** 20
 #: How often each per-stream quantity was computed rather than taken from the cache, by name
 #: (``"gram"`` here, ``"lipschitz"`` in :mod:`chipjax.chip`): what tests count.
 STREAM_COMPUTATIONS: Counter = Counter()
@@ -468,13 +466,17 @@ def cached_for_stream(identity: tuple, name: str, compute: Callable[[], Any]) ->
     entry = _STREAM_CACHE.get(identity)
     if entry is None:
         entry = _STREAM_CACHE[identity] = {}
-        while len(_STREAM_CACHE) > GRAM_CACHE_SIZE:
-            _STREAM_CACHE.popitem(last=False)
     _STREAM_CACHE.move_to_end(identity)
     if name not in entry:
         entry[name] = compute()
         STREAM_COMPUTATIONS[name] += 1
+    while len(_STREAM_CACHE) > 1 and (len(_STREAM_CACHE) > GRAM_CACHE_SIZE or _cache_bytes() > GRAM_CACHE_BYTES):
+        _STREAM_CACHE.popitem(last=False)
     return entry[name]
+
+
+def _cache_bytes() -> int:
+    return sum(int(np.prod(np.shape(v))) * 4 for entry in _STREAM_CACHE.values() for v in entry.values())
 
 
 def mask_gram(key: jax.Array, *, num_masks: int, num_channels: int, keep_prob: float = 0.5,
