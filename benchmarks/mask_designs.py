@@ -1,7 +1,7 @@
 """Mask designs and ``num_masks="auto"``: seed stability against the mask count, and what auto costs.
 
 On the first ``--images`` bundled composites (EfficientNet-Lite0, shipped weights, the top-1
-class of each image), for every design (``iid``: the paper's reading; ``antithetic``;
+class of each image), for every design (``iid``: the paper's reading;
 ``balanced``) and mask count N: the Spearman rank correlation between the CHIP maps of mask
 seeds 0 and 1 (mean and minimum over images: the seed stability of ``benchmarks/RESULTS.md``),
 the pointing game and box accuracy (CAM protocol, threshold 0.2, IoU 0.5) of the seed-0 maps,
@@ -41,7 +41,7 @@ def main(argv=None):
     p.add_argument("--layers", default=None, help="comma list of Lite0 taps (default head,blocks.15.expand)")
     p.add_argument("--images", type=int, default=None, help="composites (default 16; 4 with --quick)")
     p.add_argument("--masks", default=None, help="comma list of mask counts (default 512,1024,2048,4096)")
-    p.add_argument("--designs", default="iid,antithetic,balanced")
+    p.add_argument("--designs", default="iid,balanced")
     args = p.parse_args(argv)
     import jax
     import jax.numpy as jnp

@@ -7,8 +7,12 @@ alternately (see :mod:`benchmarks.common`):
   ``A ⊙ m`` for every image and mask, stream the CHIP statistics (image-level CHIP: each image's
   top class, C' = 1; ``--classes all`` streams all 1 000 classes as a class-level fit does) —
   called with a concrete key, so the mask Gram comes from the per-stream cache;
-* **in-jit**: the same inside ``jax.jit`` with a traced key (as ``chip.chip_weights`` calls it):
+* **in-jit**: the same inside ``jax.jit`` with a traced key (as a user's jitted call does):
   the mask Gram is accumulated in the loop on every call;
+* **CHIP**: :func:`chipjax.chip.image_weights` — the statistics *and* the batched lasso, as
+  ``cj.explain`` runs them (Gram and Lipschitz constant from the per-stream cache);
+* **Ablation-CAM**: :func:`chipjax.cams.ablation_weights` on the engine (K ablated channels per
+  image, one evaluation each), compared with the plain tail at the same evaluation count;
 * **plain**: the jitted tail on ``chunk · B`` ready-made inputs, called ``N / chunk`` times.
 
 ``ratio = plain time / ours time`` (1.0 = the perturbation costs nothing on top of the tail).
@@ -85,7 +89,20 @@ def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, d
     def plain():
         return [tail(variables, inputs) for _ in range(calls)]
 
+    from chipjax import cams, chip
+
+    targets = jnp.argmax(tap.tail(A), axis=-1).astype(jnp.int32)
+    K = A.shape[-1]
+
+    def chip_full():
+        return chip.image_weights(tap, A, targets, key, num_masks=num_masks, chunk=chunk)[0]
+
+    def ablation():
+        return cams.ablation_weights(tap.tail_fn, tap.variables, A, targets, chunk=chunk)
+
     cases = {"ours": ours, "plain": plain}
+    if dtype == "float32":
+        cases.update(chip=chip_full, ablation=ablation)
     if in_jit:
         cases["ours_in_jit"] = lambda: ours_in_jit(tap.variables, A, key, top)
     if baseline is not None and dtype == "float32":
@@ -105,6 +122,9 @@ def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, d
     if in_jit:
         row["in_jit"] = evals / common.median(times["ours_in_jit"])
         row["in_jit_ratio"] = common.median_ratio(times["plain"], times["ours_in_jit"]) * num_masks / (calls * chunk)
+    if "chip" in times:
+        row["chip_ratio"] = common.median_ratio(times["plain"], times["chip"]) * num_masks / (calls * chunk)
+        row["ablation_ratio"] = common.median_ratio(times["plain"], times["ablation"]) * K / (calls * chunk)
     if "before" in times:
         row["before"] = evals / common.median(times["before"])
         row["speedup"] = common.median_ratio(times["before"], times["ours"])
@@ -152,9 +172,10 @@ def main(argv=None) -> list[dict]:
         for r in rows:
             r["achieved"] /= 1e3
     headers = ["model", "tap", "dtype", "B", "N", "chunk", "ours evals/s", "plain evals/s", "ours/plain",
-               "in-jit evals/s", "in-jit/plain", "images/s", "GFLOP/eval", f"ours {unit}", "arith. ceiling evals/s",
+               "in-jit evals/s", "in-jit/plain", "CHIP (stats + lasso)/plain", "Ablation-CAM/plain", "images/s", "GFLOP/eval", f"ours {unit}", "arith. ceiling evals/s",
                "ours/arith."]
-    keys = ["model", "layer", "dtype", "B", "N", "chunk", "ours", "plain", "ratio", "in_jit", "in_jit_ratio", "images",
+    keys = ["model", "layer", "dtype", "B", "N", "chunk", "ours", "plain", "ratio", "in_jit", "in_jit_ratio",
+            "chip_ratio", "ablation_ratio", "images",
             "gflop", "achieved", "arith", "of_arith"]
     if baseline is not None:
         headers += ["before evals/s", "ours/before"]
@@ -166,7 +187,10 @@ def main(argv=None) -> list[dict]:
              "ours/arith. = achieved FLOP rate / that peak. images/s = images explained per second "
              "(N masks each). 'ours' calls perturbation_stats with a concrete key (the mask Gram comes from its "
              "per-stream cache, as in a sweep over many images with one seed); 'in-jit' calls it inside jit with a "
-             "traced key, as chip.chip_weights does today (Gram accumulated in the loop, every call). Scores streamed per image: "
+             "traced key, as a user's own jit does (Gram accumulated in the loop, every call). 'CHIP (stats + lasso)/plain': "
+             "chip.image_weights (sweep, statistics and the one multi-output lasso of the B images) against the plain "
+             "tail at the same evaluation count; 'Ablation-CAM/plain': cams.ablation_weights (K evaluations per image) "
+             "against the plain tail at K evaluations. Scores streamed per image: "
              f"{'the top class (image-level CHIP)' if args.classes == 'one' else 'all 1000 classes'}. "
              f"Medians of {reps} interleaved repetitions after one warm-up; ours/plain is the median of "
              "per-repetition ratios.")

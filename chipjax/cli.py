@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="chip", help="chip | refined-chip | cam | gradcam | gradcam++ | scorecam | ablationcam | rise")
     p.add_argument("--layer", default=None, help="tap name (see `chipjax layers`); several, comma-separated, for refined-chip")
     p.add_argument("--class", dest="target", default=None, help="class index or name (default: top-1)")
-    p.add_argument("--masks", type=int, default=None, help="number of perturbed networks (CHIP, RISE)")
+    p.add_argument("--masks", type=mask_count, default=None,
+                   help="number of perturbed networks (CHIP, RISE), or auto (CHIP: as many as a stable map needs)")
     p.add_argument("--keep-prob", type=float, default=None, help="channel keep probability (CHIP)")
     p.add_argument("--lam-ratio", type=float, default=None, help="lasso λ as a fraction of λ_max (CHIP)")
     p.add_argument("--seed", type=int, default=0, help="mask seed")
@@ -124,8 +125,10 @@ def check_explain_args(args) -> None:
         raise InputError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
     if args.keep_prob is not None and not 0.0 < args.keep_prob < 1.0:
         raise InputError(f"keep_prob must lie strictly between 0 and 1, got {args.keep_prob}")
-    if args.masks is not None and args.masks < 2:
+    if args.masks is not None and args.masks != "auto" and args.masks < 2:
         raise InputError(f"--masks must be at least 2, got {args.masks}")
+    if args.masks == "auto" and args.method not in ("chip", "refined-chip"):
+        raise InputError(f"--masks auto applies to CHIP only, not --method {args.method}; give a number")
     if args.lam_ratio is not None and not 0.0 <= args.lam_ratio < 1.0:
         raise InputError(f"--lam-ratio must lie in [0, 1), got {args.lam_ratio}")
 
@@ -145,6 +148,16 @@ def method_options(args) -> dict:
         if value is not None and name not in accepted and name != "seed":
             raise InputError(f"--{name.replace('_', '-').replace('num-masks', 'masks')} does not apply to --method {args.method}")
     return {k: v for k, v in given.items() if k in accepted and v is not None}
+
+
+def mask_count(text: str):
+    """``--masks``: a whole number, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--masks takes a whole number or auto, got {text!r}") from None
 
 
 def parse_bytes(text: str | None) -> int | None:
