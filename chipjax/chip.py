@@ -313,9 +313,12 @@ class CHIP:
     def explain(self, model, x: jax.Array, targets: jax.Array) -> jax.Array:
         """``(B, S, S)`` maps of ``targets (B,)`` with one forward pass."""
         self.check_compatible(model)
-        A = model.tap(self.layer).head(x)
+        return self.explain_features(model.tap(self.layer).head(x), targets, x.shape[1:3])
+
+    def explain_features(self, features: jax.Array, targets: jax.Array, size: tuple[int, int]) -> jax.Array:
+        """``(B, *size)`` maps of ``targets (B,)`` from the layer's ``features (B, H, W, K)`` (no network run)."""
         w = jnp.take(self.weights, jnp.asarray(targets, jnp.int32), axis=1).T  # (B, K)
-        return heatmap(A, w, x.shape[1:3])
+        return heatmap(features, w, size)
 
     def check_compatible(self, model) -> None:
         if model.name != self.arch:

@@ -210,13 +210,11 @@ def cmd_explain(args) -> int:
         cm = CHIP.load(args.chip_model, model=model, layer=args.layer)
         options = {"chip_model": cm}
         layer = cm.layer
-    logits = np.asarray(model(x))[0]
-    target = int(ex.resolve_targets(args.target, logits[None], model.labels)[0])
     used_layer = layer if layer is not None else (list(model.spec.stage_layers) if args.method == "refined-chip"
                                                   else model.default_layer)
     t0 = time.perf_counter()
-    maps = ex.explain(model, x, method=args.method, layer=layer, target=target, **options)
-    maps = np.asarray(maps)
+    result = ex.explain_details(model, x, method=args.method, layer=layer, target=args.target, **options)
+    maps, logits, target = np.asarray(result.maps), np.asarray(result.logits)[0], int(result.targets[0])
     log.info("explained in %.2f s", time.perf_counter() - t0)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()

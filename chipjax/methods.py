@@ -1,7 +1,7 @@
 """``cj.explain``: one entry point for CHIP, Refined CHIP and the CAM-family baselines."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +67,20 @@ def class_index(name: str, labels: Sequence[str] | None) -> int:
     raise InputError(f"class name {name!r} not found among the {len(labels)} classes{hint}")
 
 
+class Explanation(NamedTuple):
+    """What one :func:`explain_details` call computed.
+
+    Attributes:
+      maps: ``(B, S, S)`` in [0, 1].
+      logits: ``(B, C)`` of the unperturbed network (computed once, from the tap's features).
+      targets: ``(B,)`` int32, the classes explained.
+    """
+
+    maps: jax.Array
+    logits: jax.Array
+    targets: jax.Array
+
+
 def explain(model, x: jax.Array, method: str = "chip", layer: str | Sequence[str] | None = None, target=None,
             **options: Any) -> jax.Array:
     """Heat maps of ``x (B, S, S, 3)`` for ``target`` at ``layer`` by ``method``.
@@ -98,6 +112,16 @@ def explain(model, x: jax.Array, method: str = "chip", layer: str | Sequence[str
     ill-conditioned and W may differ much more between chunk sizes (its objective still agrees);
     use ``num_masks`` of several K for reproducible weights.
     """
+    return explain_details(model, x, method, layer, target, **options).maps
+
+
+def explain_details(model, x: jax.Array, method: str = "chip", layer: str | Sequence[str] | None = None, target=None,
+                    **options: Any) -> Explanation:
+    """:func:`explain`, also returning the unperturbed logits and the targets (:class:`Explanation`).
+
+    One forward pass: the head runs once (the deepest tap for ``refined-chip``), the unperturbed
+    tail once (logits, targets), and the method reuses those features.
+    """
     from .models.base import check_images
 
     x = check_images(x)
@@ -115,8 +139,8 @@ def explain(model, x: jax.Array, method: str = "chip", layer: str | Sequence[str
     logits = tap.tail(features)
     targets = resolve_targets(target, logits, labels)
     if chip_model is not None:
-        return chip_model.explain(model, x, targets)
-    return method_fn(method)(tap, x, targets, features=features, **options)
+        return Explanation(chip_model.explain_features(features, targets, x.shape[1:3]), logits, targets)
+    return Explanation(method_fn(method)(tap, x, targets, features=features, **options), logits, targets)
 
 
 def method_options(method: str) -> tuple[str, ...]:
@@ -190,7 +214,8 @@ def _refined(model, x, layers, target, labels, fusion: str = "geometric", **opti
         raise InputError("refined-chip needs several layers: pass the model, not a single tap")
     layers = list(model.spec.stage_layers) if layers is None else ([layers] if isinstance(layers, str) else list(layers))
     taps = [model.tap(l) for l in layers]
-    first = taps[-1].head(x)
-    targets = resolve_targets(target, taps[-1].tail(first), labels)
-    maps = [chip.chip_maps(t, x, targets, **options) for t in taps]
-    return chip.fuse_maps(maps, fusion)
+    deepest = taps[-1].head(x)
+    logits = taps[-1].tail(deepest)
+    targets = resolve_targets(target, logits, labels)
+    maps = [chip.chip_maps(t, x, targets, features=deepest if t is taps[-1] else None, **options) for t in taps]
+    return Explanation(chip.fuse_maps(maps, fusion), logits, targets)
