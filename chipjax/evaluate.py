@@ -16,9 +16,23 @@ layers, ``refined-chip@blocks.11.expand+blocks.15.expand+head``; RISE works on t
   blob has IoU ≥ 0.5 with a ground-truth box (:func:`chipjax.metrics.localization_correct`).
 * ``max_box_acc``: the same accuracy at the best of the thresholds 0, 0.01, …, 0.99, the threshold
   chosen once for the whole set (:func:`chipjax.metrics.max_box_acc`).
+* ``max_box_acc_v2``: MaxBoxAccV2 (Choe et al. 2020): min-max normalised maps, the best box among all
+  connected components, IoU 0.3, 0.5 and 0.7 each at its best threshold, averaged
+  (:func:`chipjax.metrics.max_box_acc_v2`).
+* ``pxap``: pixel average precision (Choe et al. 2020) where the source has pixel masks: the composites,
+  whose mask is the pasted rectangle (:func:`chipjax.metrics.pxap`); ``–`` elsewhere.
+* ``confidence``: average drop (↓) and increase in confidence (↑) of the target's softmax on image × map
+  (Grad-CAM++; :func:`chipjax.metrics.confidence_change`).
+* ``road`` (not by default): ROAD (Rong et al. 2022) at percentiles 10 … 90: MoRF (↓), LeRF (↑) and
+  pytorch-grad-cam's combined ``(LeRF − MoRF)/2`` (↑) (:func:`chipjax.metrics.road`).
 * ``top1_loc``: top-1 localisation error, ``1 − mean(top-1 right AND box right)``.
 * ``deletion`` / ``insertion``: AUC of the target's softmax probability as pixels are removed / added
-  in the map's order (:func:`chipjax.metrics.deletion_insertion`, blurred baseline, 21 steps).
+  in the map's order (:func:`chipjax.metrics.deletion_insertion`, 21 steps); by default RISE's protocol
+  (deletion to zero = the mean colour, insertion from RISE's blur), ``deletion_protocol="chipjax"`` the first
+  variant (both from the blurred ``baseline``). The table header names the protocol.
+
+Every table entry comes with a percentile-bootstrap 95 % interval over the images (``bootstrap``
+resamples, seed 0; set-level metrics such as MaxBoxAcc and PxAP are recomputed on every resample).
 * ``sanity`` (not by default): Spearman r between each map and the map of the same run on the model
   whose top ``sanity_top`` parameterised units are re-initialised (lower = the map depends on them).
 
@@ -68,8 +82,10 @@ __all__ = [
     "evaluate", "summarize", "results_table", "add_eval_parser", "cmd_eval", "main",
 ]
 
-METRICS = ("pointing", "box_acc", "max_box_acc", "top1_loc", "deletion", "insertion", "sanity")
-DEFAULT_METRICS = METRICS[:-1]
+METRICS = ("pointing", "box_acc", "max_box_acc", "max_box_acc_v2", "pxap", "top1_loc", "deletion", "insertion",
+           "confidence", "road", "sanity")
+DEFAULT_METRICS = tuple(m for m in METRICS if m not in ("road", "sanity"))  # ROAD and sanity are slow: opt in
+DELETION_PROTOCOLS = {"rise": "RISE protocol", "chipjax": "chipjax v1 protocol"}
 BUNDLED_SETS = ("photos", "composites", "two-object")
 ALL_METHODS = "chip,refined-chip,cam,gradcam,gradcam++,scorecam,ablationcam,rise"
 MAX_BOX_THRESHOLDS = np.arange(0.0, 1.0, 0.01)
@@ -94,6 +110,8 @@ class Settings:
       score_batch: images per forward pass in deletion/insertion.
       num_examples: images drawn in ``examples.png``.
       sanity_top: parameterised units, counted from the output, re-initialised for ``sanity``.
+      deletion_protocol: ``rise`` (RISE's reference) or ``chipjax`` (the first variant, ``baseline`` both ways).
+      bootstrap: resamples of the 95 % intervals (0: no intervals).
     """
 
     box_threshold: float = 0.2
@@ -105,6 +123,8 @@ class Settings:
     score_batch: int = 64
     num_examples: int = 4
     sanity_top: int = 2
+    deletion_protocol: str = "rise"
+    bootstrap: int = 1000
 
     def check(self) -> "Settings":
         if not 0.0 <= self.box_threshold <= 1.0:
@@ -115,6 +135,10 @@ class Settings:
             raise InputError(f"pointing tolerance must be >= 0 pixels, got {self.pointing_tolerance}")
         if self.deletion_steps < 2:
             raise InputError(f"deletion/insertion curves need at least 2 steps, got {self.deletion_steps}")
+        if self.deletion_protocol not in DELETION_PROTOCOLS:
+            raise InputError(f"deletion protocol must be one of {', '.join(DELETION_PROTOCOLS)}, got {self.deletion_protocol!r}")
+        if self.bootstrap < 0:
+            raise InputError(f"bootstrap resamples must be >= 0 (0: no intervals), got {self.bootstrap}")
         if self.baseline not in ("blur", "constant"):
             raise InputError(f"baseline must be 'blur' or 'constant', got {self.baseline!r}")
         for name in ("batch_size", "score_batch"):
@@ -205,11 +229,14 @@ class EvalSource:
       samples: a sequence of :class:`chipjax.data.Sample` (loaded on access).
       description: what they are, e.g. ``"composites(n=60, seed=0)"``.
       accept: label -> every class index that counts as a right prediction for it.
+      boxes_are_masks: the boxes are the objects' exact pixel regions (composites: the pasted rectangles),
+        so ``pxap`` can be measured.
     """
 
     samples: Sequence
     description: str
     accept: Callable[[int], tuple[int, ...]]
+    boxes_are_masks: bool = False
 
 
 def _exact_label(label: int) -> tuple[int, ...]:
@@ -252,12 +279,12 @@ def load_source(spec, num_images: int | None = None, seed: int = 0, boxes: str |
     if spec == "composites":
         n = 200 if num_images is None else int(num_images)
         return EvalSource(_first(evalsets.composite_set(n, seed=seed), n), f"composites(seed={seed})",
-                          evalsets.acceptable_labels)
+                          evalsets.acceptable_labels, boxes_are_masks=True)
     if spec == "two-object":
         n = 100 if num_images is None else int(num_images)
         canvases = max(1, math.ceil(n / 2))
         return EvalSource(_first(evalsets.two_object_composites(canvases, seed=seed), n),
-                          f"two-object(seed={seed})", evalsets.acceptable_labels)
+                          f"two-object(seed={seed})", evalsets.acceptable_labels, boxes_are_masks=True)
     if spec.startswith("tfds:"):
         source = data.tfds_source(spec[5:], split=split)
         return EvalSource(_first(source, num_images), f"tfds {spec[5:]} {split}", _exact_label)
@@ -390,6 +417,20 @@ def softmax_scorer(model) -> Callable[[np.ndarray], np.ndarray]:
     return _SCORERS[model]
 
 
+_PROB_FNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def softmax_fn(model) -> Callable:
+    """The jax-traceable ``images (n, S, S, 3) -> softmax (n, C)`` of ``model``, one function object per model
+    (so :func:`chipjax.metrics.deletion_insertion_batched` reuses its compiled program)."""
+    import jax
+
+    if model not in _PROB_FNS:
+        module, variables = model.module, model.variables
+        _PROB_FNS[model] = lambda images: jax.nn.softmax(module.apply(variables, images), axis=-1)
+    return _PROB_FNS[model]
+
+
 # ----------------------------------------------------------------------------------- the work
 @dataclasses.dataclass
 class _Batch:
@@ -405,10 +446,13 @@ class _Batch:
     top1_ok: list[bool | None]
     top5_ok: list[bool | None]
     boxes: list[np.ndarray]       # (G, 4) in view pixels
+    masks: list | None = None     # (S, S) bool object pixels, where the source has them
 
 
 def _prepare_batch(model, source: EvalSource, indices: Sequence[int]) -> _Batch:
     import jax.numpy as jnp
+
+    from . import metrics as M
 
     samples = [source.samples[i] for i in indices]
     views = [model.view(s.image) for s in samples]
@@ -423,7 +467,8 @@ def _prepare_batch(model, source: EvalSource, indices: Sequence[int]) -> _Batch:
         ok1.append(None if accepted is None else bool(int(top5[b, 0]) in accepted))
         ok5.append(None if accepted is None else bool(any(int(c) in accepted for c in top5[b])))
     boxes = [boxes_in_view(s.boxes, s.image.shape[:2], model.spec.view) for s in samples]
-    return _Batch(list(indices), [str(s.name) for s in samples], views, x, labels, targets, top5, ok1, ok5, boxes)
+    masks = [M.boxes_to_mask(b, v.shape[:2]) for b, v in zip(boxes, views)] if source.boxes_are_masks else None
+    return _Batch(list(indices), [str(s.name) for s in samples], views, x, labels, targets, top5, ok1, ok5, boxes, masks)
 
 
 def _maps(model, batch: _Batch, run: Run, options: Mapping) -> np.ndarray:
@@ -432,6 +477,26 @@ def _maps(model, batch: _Batch, run: Run, options: Mapping) -> np.ndarray:
     maps = explain(model, batch.x, method=run.method, layer=run.layer_arg, target=[int(t) for t in batch.targets],
                    **dict(options.get(run.method, {})))
     return np.asarray(maps, np.float32)
+
+
+def _bit_string(bits) -> str:
+    return "".join("1" if a else "0" for a in np.asarray(bits).reshape(-1))
+
+
+def _sparse_histogram(hist: np.ndarray) -> list[list[int]]:
+    """``(2, nbins)`` PxAP counts -> ``[[bin, object count, background count], ...]`` of the non-empty bins."""
+    nonzero = np.flatnonzero(hist.sum(axis=0))
+    return [[int(k), int(hist[0, k]), int(hist[1, k])] for k in nonzero]
+
+
+def _dense_histograms(rows: Sequence[dict]) -> np.ndarray:
+    """The records' sparse PxAP histograms as ``(n, 2, nbins)`` (bin width 0.001, as :func:`~chipjax.metrics.pxap`)."""
+    nbins = 1002
+    out = np.zeros((len(rows), 2, nbins), np.int64)
+    for i, r in enumerate(rows):
+        for k, pos, neg in r["pxap_hist"]:
+            out[i, 0, k], out[i, 1, k] = pos, neg
+    return out
 
 
 def _unit_records(model, batch: _Batch, run: Run, metrics: Sequence[str], options: Mapping, settings: Settings,
@@ -457,16 +522,34 @@ def _unit_records(model, batch: _Batch, run: Run, metrics: Sequence[str], option
         if "max_box_acc" in metrics:
             acc = M.max_box_acc(maps[b:b + 1], [batch.boxes[b]], MAX_BOX_THRESHOLDS, settings.iou)["accuracy"]
             rec["box_ok_at"] = "".join("1" if a else "0" for a in acc) if has_box else None
+        if "max_box_acc_v2" in metrics:
+            best = M.best_ious_all_components(maps[b], batch.boxes[b], MAX_BOX_THRESHOLDS)
+            rec["box_v2_ok_at"] = [_bit_string(best >= iou) for iou in M.V2_IOUS] if has_box else None
+        if "pxap" in metrics and batch.masks is not None and batch.masks[b].any():
+            rec["pxap_hist"] = _sparse_histogram(M.pxap_histograms(maps[b:b + 1], batch.masks[b][None])[0])
         records.append(rec)
     if "deletion" in metrics or "insertion" in metrics:
-        di = M.deletion_insertion(scorer, np.asarray(batch.x), maps, batch.targets, steps=settings.deletion_steps,
-                                  baseline=settings.baseline,
-                                  batch=min(settings.score_batch, 2 * settings.deletion_steps * settings.batch_size))
+        # B images x steps x 2 modes in one jitted call on the device
+        di = M.deletion_insertion_batched(softmax_fn(model), np.asarray(batch.x), maps, batch.targets,
+                                          steps=settings.deletion_steps, baseline=settings.baseline,
+                                          protocol=settings.deletion_protocol)
         for b, rec in enumerate(records):
             rec["deletion_auc"] = float(di["deletion_auc"][b])
             rec["insertion_auc"] = float(di["insertion_auc"][b])
             rec["deletion_curve"] = [float(v) for v in di["curves"]["deletion"][b]]
             rec["insertion_curve"] = [float(v) for v in di["curves"]["insertion"][b]]
+    if "confidence" in metrics:
+        cc = M.confidence_change(scorer, np.asarray(batch.x), maps, batch.targets,
+                                 batch=min(settings.score_batch, len(records)))
+        for b, rec in enumerate(records):
+            rec["avg_drop"], rec["conf_increase"] = float(cc["drop"][b]), bool(cc["increase"][b])
+    if "road" in metrics:
+        rd = M.road(scorer, np.asarray(batch.x), maps, batch.targets,
+                    batch=min(settings.score_batch, 2 * len(M.ROAD_PERCENTILES) * len(records)),
+                    seed=int(batch.indices[0]))
+        for b, rec in enumerate(records):
+            rec["road_morf"], rec["road_lerf"] = float(rd["morf_mean"][b]), float(rd["lerf_mean"][b])
+            rec["road_combined"] = float(rd["combined"][b])
     if "sanity" in metrics:
         r = M.rank_correlations(maps, _maps(random_model, batch, run, options))
         for b, rec in enumerate(records):
@@ -720,7 +803,7 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
     todo = [(b, run) for b in batches for run in runs if not store.done(b, run)]
     total = len(batches) * len(runs)
     log.info("%s: %d of %d units (batch × run) already done in %s", src.description, total - len(todo), total, out_dir)
-    needs_scores = any(m in metric_names for m in ("deletion", "insertion"))
+    needs_scores = any(m in metric_names for m in ("deletion", "insertion", "confidence", "road"))
     scorer = softmax_scorer(model) if needs_scores and todo else None
     random_model = randomized_model(model, settings.sanity_top) if "sanity" in metric_names and todo else None
     os.makedirs(os.path.join(out_dir, EXAMPLES_DIR), exist_ok=True)
@@ -740,7 +823,7 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
             units_done += 1
             log.info("done %d/%d: images %d-%d %s (%.2f s/image); %d records on disk", units_done, total,
                      indices[0], indices[-1], run.key, records[0]["seconds"], store.on_disk)
-    summary, classification = summarize(store.records.values(), runs, metric_names)
+    summary, classification = summarize(store.records.values(), runs, metric_names, settings.bootstrap)
     write_outputs(out_dir, model, src, runs, metric_names, settings, opts, store, summary, classification)
     return {"summary": summary, "classification": classification, "computed": computed, "out_dir": out_dir}
 
@@ -762,13 +845,79 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize(records: Iterable[dict], runs: Sequence[Run], metrics: Sequence[str]) -> tuple[dict, dict]:
+def _mean_of(field: str, transform: Callable = float):
+    def data(rows):
+        return np.array([transform(r[field]) for r in rows if r.get(field) is not None], np.float64)
+    return data, lambda d: float(np.mean(d))
+
+
+def _v2_data(rows):
+    return np.array([[[c == "1" for c in bits] for bits in r["box_v2_ok_at"]] for r in rows if r.get("box_v2_ok_at")],
+                    bool).reshape(-1, 3, len(MAX_BOX_THRESHOLDS))
+
+
+def _top1_loc_data(rows):
+    return np.array([1.0 - float(r["box_ok"] and r["top1_ok"]) for r in rows
+                     if r.get("box_ok") is not None and r.get("top1_ok") is not None], np.float64)
+
+
+def _v1_data(rows):
+    return np.array([[c == "1" for c in r["box_ok_at"]] for r in rows if r.get("box_ok_at")],
+                    bool).reshape(-1, len(MAX_BOX_THRESHOLDS))
+
+
+# summary entry: (metric, per-image data of the rows (n, ...), statistic of such data -> float). One mechanism gives
+# both the table's value and its bootstrap interval (set-level statistics are recomputed on every resample).
+_SUMMARY_ENTRIES: dict[str, tuple[str, Callable, Callable]] = {
+    "pointing": ("pointing",) + _mean_of("pointing"),
+    "box_acc": ("box_acc",) + _mean_of("box_ok"),
+    "max_box_acc": ("max_box_acc", _v1_data, lambda d: float(d.mean(axis=0).max())),
+    "max_box_acc_v2": ("max_box_acc_v2", _v2_data, lambda d: float(d.mean(axis=0).max(axis=1).mean())),
+    "pxap": ("pxap", lambda rows: _dense_histograms([r for r in rows if r.get("pxap_hist")]),
+             lambda d: _pxap_or_none(d)),
+    "top1_loc_err": ("top1_loc", _top1_loc_data, lambda d: float(np.mean(d))),
+    "deletion_auc": ("deletion",) + _mean_of("deletion_auc"),
+    "insertion_auc": ("insertion",) + _mean_of("insertion_auc"),
+    "avg_drop": ("confidence",) + _mean_of("avg_drop"),
+    "conf_increase": ("confidence",) + _mean_of("conf_increase"),
+    "road_morf": ("road",) + _mean_of("road_morf"),
+    "road_lerf": ("road",) + _mean_of("road_lerf"),
+    "road_combined": ("road",) + _mean_of("road_combined"),
+    "sanity_r": ("sanity",) + _mean_of("sanity_r"),
+}
+
+
+def _pxap_or_none(hists: np.ndarray) -> float:
+    from .metrics import pxap_from_histograms
+
+    return pxap_from_histograms(hists)["pxap"]
+
+
+def summary_intervals(rows: Sequence[dict], metrics: Sequence[str], resamples: int = 1000, seed: int = 0) -> dict:
+    """``{entry_ci: (low, high)}``: percentile-bootstrap 95 % intervals over the images of one run's records,
+    for every summary entry of ``metrics`` that has data (:func:`chipjax.metrics.bootstrap_interval`)."""
+    from .metrics import bootstrap_interval
+
+    out = {}
+    if resamples < 1:
+        return out
+    for name, (metric, data_fn, stat) in _SUMMARY_ENTRIES.items():
+        if metric in metrics:
+            data = data_fn(rows)
+            if len(data):
+                out[f"{name}_ci"] = bootstrap_interval(data, stat, n_resamples=resamples, seed=seed)
+    return out
+
+
+def summarize(records: Iterable[dict], runs: Sequence[Run], metrics: Sequence[str],
+              bootstrap: int = 1000) -> tuple[dict, dict]:
     """Per-run means of the per-image records, and the classification errors.
 
     Returns:
       ``({run_key: {"images", "pointing", "box_acc", "max_box_acc", "max_box_threshold", "top1_loc_err",
-      "deletion_auc", "insertion_auc", "sanity_r"}}, {"images", "top1_err", "top5_err"})``: the
-      metrics asked for, each ``None`` when no image could be scored.
+      "deletion_auc", "insertion_auc", "sanity_r", "max_box_acc_v2", "pxap", "avg_drop", "conf_increase",
+      "road_*"}}, {"images", "top1_err", "top5_err"})``: the metrics asked for, each ``None`` when no image
+      could be scored, and ``NAME_ci`` ``(low, high)`` 95 % intervals (``bootstrap`` resamples; 0: none).
     """
     by_run: dict[str, list[dict]] = {r.key: [] for r in runs}
     for rec in records:
@@ -799,6 +948,11 @@ def summarize(records: Iterable[dict], runs: Sequence[Run], metrics: Sequence[st
             row["insertion_auc"] = _mean(r.get("insertion_auc") for r in rows)
         if "sanity" in metrics:
             row["sanity_r"] = _mean(r.get("sanity_r") for r in rows)
+        for name, (metric, data_fn, stat) in _SUMMARY_ENTRIES.items():
+            if metric in metrics and name not in row:
+                data = data_fn(rows)
+                row[name] = stat(data) if len(data) else None
+        row.update(summary_intervals(rows, metrics, bootstrap))
         summary[key] = row
     first = next((rows for rows in by_run.values() if rows), [])
     labelled = [r for r in first if r.get("top1_ok") is not None]
@@ -814,9 +968,16 @@ _COLUMNS = (  # (summary key, metric, Markdown header)
     ("pointing", "pointing", "pointing ↑"),
     ("box_acc", "box_acc", "box acc @{thr} ↑"),
     ("max_box_acc", "max_box_acc", "MaxBoxAcc ↑ (thr)"),
+    ("max_box_acc_v2", "max_box_acc_v2", "MaxBoxAccV2 ↑"),
+    ("pxap", "pxap", "PxAP ↑"),
     ("top1_loc_err", "top1_loc", "top-1 loc err ↓"),
-    ("deletion_auc", "deletion", "deletion AUC ↓"),
-    ("insertion_auc", "insertion", "insertion AUC ↑"),
+    ("deletion_auc", "deletion", "deletion AUC ↓ ({protocol})"),
+    ("insertion_auc", "insertion", "insertion AUC ↑ ({protocol})"),
+    ("avg_drop", "confidence", "avg drop ↓"),
+    ("conf_increase", "confidence", "increase in conf. ↑"),
+    ("road_morf", "road", "ROAD MoRF ↓"),
+    ("road_lerf", "road", "ROAD LeRF ↑"),
+    ("road_combined", "road", "ROAD combined ↑"),
     ("sanity_r", "sanity", "sanity r ↓"),
 )
 
@@ -826,9 +987,12 @@ def _fmt(value) -> str:
 
 
 def results_table(summary: Mapping[str, Mapping], metrics: Sequence[str], settings: Settings) -> str:
-    """The Markdown table: a row per run (``method@layer``), a column per metric, 3 decimals."""
+    """The Markdown table: a row per run (``method@layer``), a column per metric, 3 decimals, and the 95 %
+    bootstrap interval in brackets where the summary has one."""
     cols = [c for c in _COLUMNS if c[1] in metrics]
-    header = ["method @ layer", "images"] + [h.format(thr=f"{settings.box_threshold:g}") for _, _, h in cols]
+    protocol = DELETION_PROTOCOLS[settings.deletion_protocol]
+    header = ["method @ layer", "images"] + [h.format(thr=f"{settings.box_threshold:g}", protocol=protocol)
+                                             for _, _, h in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for key, row in summary.items():
         cells = [key, str(row["images"])]
@@ -836,6 +1000,8 @@ def results_table(summary: Mapping[str, Mapping], metrics: Sequence[str], settin
             text = _fmt(row.get(name))
             if name == "max_box_acc" and row.get(name) is not None:
                 text += f" ({row['max_box_threshold']:.2f})"
+            if row.get(f"{name}_ci") is not None:
+                text += " [{:.2f}, {:.2f}]".format(*row[f"{name}_ci"])
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -853,22 +1019,41 @@ def results_markdown(model, source: EvalSource, metrics, settings: Settings, opt
         f"Model {model.name} ({model.weights}); {len(source.samples)} images; {cls_text}.\n"
         f"Maps explain the ground-truth class; boxes are compared in the network's {model.input_size}px view. "
         f"Pointing tolerance {settings.pointing_tolerance:g} px; box threshold {settings.box_threshold:g}, "
-        f"IoU ≥ {settings.iou:g}; deletion/insertion: {settings.deletion_steps} steps, {settings.baseline} baseline, "
-        f"softmax probability. Method options: {opts}.\n\n"
+        f"IoU ≥ {settings.iou:g}; deletion/insertion: {settings.deletion_steps} steps, {_protocol_text(settings)}, "
+        f"softmax probability; [low, high]: 95 % bootstrap intervals over images "
+        f"({settings.bootstrap} resamples, seed 0). Method options: {opts}.\n\n"
         + results_table(summary, metrics, settings)
     )
 
 
+def _protocol_text(settings: Settings) -> str:
+    if settings.deletion_protocol == "rise":
+        return "RISE protocol (deletion to zero, insertion from RISE's blur)"
+    return f"chipjax v1 protocol ({settings.baseline} baseline both ways)"
+
+
+def _csv_value(row: Mapping, name: str):
+    for end, side in (("_ci_low", 0), ("_ci_high", 1)):
+        if name.endswith(end):
+            ci = row.get(name[: -len(end)] + "_ci")
+            return None if ci is None else ci[side]
+    return row.get(name)
+
+
 def _csv_text(summary: Mapping[str, Mapping]) -> str:
     names = ["images", "pointing", "box_acc", "max_box_acc", "max_box_threshold", "top1_loc_err", "deletion_auc",
-             "insertion_auc", "sanity_r"]
+             "insertion_auc", "sanity_r"] + [n for n in _SUMMARY_ENTRIES if n not in (
+                 "pointing", "box_acc", "max_box_acc", "top1_loc_err", "deletion_auc", "insertion_auc", "sanity_r")]
     present = [n for n in names if any(n in row for row in summary.values())]
+    for n in list(present):  # the intervals after the values, as NAME_ci_low, NAME_ci_high
+        if any(f"{n}_ci" in row for row in summary.values()):
+            present += [f"{n}_ci_low", f"{n}_ci_high"]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["run", "method", "layer"] + present)
     for key, row in summary.items():
         method, _, layer = key.partition("@")
-        values = [row.get(n) for n in present]
+        values = [_csv_value(row, n) for n in present]
         writer.writerow([key, method, layer] + ["" if v is None else (v if isinstance(v, int) else f"{v:.6f}")
                                                 for v in values])
     return out.getvalue()
@@ -960,7 +1145,13 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="any method option, e.g. scorecam.chunk_size=32 (repeatable; VALUE read as JSON)")
     p.add_argument("--batch-size", type=int, default=Settings.batch_size, help="images explained together")
     p.add_argument("--steps", type=int, default=Settings.deletion_steps, help="deletion/insertion curve points")
-    p.add_argument("--baseline", default=Settings.baseline, help="deletion/insertion baseline: blur | constant")
+    p.add_argument("--baseline", default=Settings.baseline,
+                   help="baseline of the chipjax deletion/insertion protocol: blur | constant")
+    p.add_argument("--deletion-protocol", default=Settings.deletion_protocol,
+                   help="deletion/insertion: rise (RISE's reference: deletion to zero, insertion from a blur; default) "
+                        "| chipjax (the first variant: --baseline both ways)")
+    p.add_argument("--bootstrap", type=int, default=Settings.bootstrap,
+                   help="bootstrap resamples of the 95%% intervals in the table (default 1000; 0: none)")
     p.add_argument("--threshold", type=float, default=Settings.box_threshold, help="CAM box threshold (default 0.2)")
     p.add_argument("--tolerance", type=float, default=Settings.pointing_tolerance, help="pointing-game tolerance, px")
     p.add_argument("--examples", type=int, default=Settings.num_examples, help="images in examples.png")
@@ -1009,7 +1200,8 @@ def cmd_eval(args) -> int:
     from .models import load_model
 
     settings = Settings(box_threshold=args.threshold, pointing_tolerance=args.tolerance, deletion_steps=args.steps,
-                        baseline=args.baseline, batch_size=args.batch_size, num_examples=args.examples,
+                        baseline=args.baseline, deletion_protocol=args.deletion_protocol, bootstrap=args.bootstrap,
+                        batch_size=args.batch_size, num_examples=args.examples,
                         sanity_top=args.sanity_top).check()
     metrics = _check_metrics(args.metrics)
     source = load_source(args.data, num_images=args.num_images, seed=args.data_seed, boxes=args.boxes,

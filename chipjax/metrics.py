@@ -38,6 +38,7 @@ __all__ = [
     "pointing_game",
     "gaussian_blur",
     "deletion_insertion",
+    "deletion_insertion_batched",
     "rise_kernel",
     "rise_blur",
     "normalize_maps",
@@ -395,6 +396,50 @@ def _ranks_rise(maps: np.ndarray) -> np.ndarray:
     return ranks.reshape(maps.shape)
 
 
+def _deletion_plan(images, maps, targets, steps: int, baseline, sigma: float, fill: float, protocol: str):
+    """What deletion/insertion needs, shared by :func:`deletion_insertion` and :func:`deletion_insertion_batched`:
+    images ``(B, H, W, C)``, targets ``(B,)``, bases ``(2, B, H, W, C)`` (deletion's, insertion's), pixel ranks
+    ``(B, H, W)``, pixels changed per step ``(T,)``, the curve's fractions ``(T,)`` and the AUC abscissae ``(T,)``."""
+    x = np.asarray(images, dtype=np.float32)
+    m = _check_map(maps, 3, "maps")
+    t = np.asarray(targets).reshape(-1)
+    if x.ndim != 4 or x.shape[:3] != m.shape:
+        raise InputError(f"images must be (B, H, W, C) with maps (B, H, W) of the same B, H, W; got {x.shape} and {m.shape}")
+    if t.shape[0] != x.shape[0]:
+        raise InputError(f"got {x.shape[0]} images but {t.shape[0]} targets")
+    if steps < 2:
+        raise InputError(f"need steps >= 2; got steps={steps}")
+    n_img, h, w = m.shape
+    if protocol == "rise":
+        bases = np.stack([np.zeros_like(x), rise_blur(x)])
+        ranks = _ranks_rise(m)
+        step = -(-h * w // (steps - 1))
+        n_steps = -(-h * w // step)
+        counts = np.minimum(np.arange(n_steps + 1) * step, h * w)
+        fractions = counts / float(h * w)
+        xs = np.linspace(0.0, 1.0, n_steps + 1)  # RISE's AUC: uniform in the step index
+    elif protocol == "chipjax":
+        kinds = (baseline, baseline) if isinstance(baseline, str) else tuple(baseline)
+        made = {kind: _baseline_images(x, kind, sigma, fill) for kind in set(kinds)}
+        bases = np.stack([made[kind] for kind in kinds])
+        ranks = _ranks_desc(m)
+        fractions = np.linspace(0.0, 1.0, steps)
+        counts = np.rint(fractions * h * w).astype(np.int64)
+        xs = fractions
+    else:
+        raise InputError(f"unknown deletion/insertion protocol {protocol!r}; use 'rise' or 'chipjax'")
+    return x, t, bases, ranks, counts, fractions, xs
+
+
+def _curves_result(curves: np.ndarray, fractions: np.ndarray, xs: np.ndarray) -> dict:
+    """``curves (B, 2, T)`` -> :func:`deletion_insertion`'s dict."""
+    return {
+        "deletion_auc": auc(xs, curves[:, 0]),
+        "insertion_auc": auc(xs, curves[:, 1]),
+        "curves": {"fractions": fractions, "deletion": curves[:, 0], "insertion": curves[:, 1]},
+    }
+
+
 def deletion_insertion(
     score_fn: Callable,
     images,
@@ -441,33 +486,11 @@ def deletion_insertion(
       ``{"deletion_auc": (B,), "insertion_auc": (B,),
       "curves": {"fractions": (T,), "deletion": (B, T), "insertion": (B, T)}}``.
     """
-    x = np.asarray(images, dtype=np.float32)
-    m = _check_map(maps, 3, "maps")
-    t = np.asarray(targets).reshape(-1)
-    if x.ndim != 4 or x.shape[:3] != m.shape:
-        raise InputError(f"images must be (B, H, W, C) with maps (B, H, W) of the same B, H, W; got {x.shape} and {m.shape}")
-    if t.shape[0] != x.shape[0]:
-        raise InputError(f"got {x.shape[0]} images but {t.shape[0]} targets")
-    if steps < 2 or batch < 1:
-        raise InputError(f"need steps >= 2 and batch >= 1; got steps={steps}, batch={batch}")
-    n_img, h, w = m.shape
-    if protocol == "rise":
-        bases = np.stack([np.zeros_like(x), rise_blur(x)])
-        ranks = _ranks_rise(m)
-        step = -(-h * w // (steps - 1))
-        n_steps = -(-h * w // step)
-        counts = np.minimum(np.arange(n_steps + 1) * step, h * w)
-        fractions = counts / float(h * w)
-        steps = n_steps + 1
-    elif protocol == "chipjax":
-        kinds = (baseline, baseline) if isinstance(baseline, str) else tuple(baseline)
-        made = {kind: _baseline_images(x, kind, sigma, fill) for kind in set(kinds)}
-        bases = np.stack([made[kind] for kind in kinds])  # (2, B, H, W, C): deletion's, insertion's
-        ranks = _ranks_desc(m)
-        fractions = np.linspace(0.0, 1.0, steps)
-        counts = np.rint(fractions * h * w).astype(np.int64)
-    else:
-        raise InputError(f"unknown deletion/insertion protocol {protocol!r}; use 'rise' or 'chipjax'")
+    if batch < 1:
+        raise InputError(f"need batch >= 1; got batch={batch}")
+    x, t, bases, ranks, counts, fractions, xs = _deletion_plan(images, maps, targets, steps, baseline, sigma, fill,
+                                                               protocol)
+    n_img, steps = x.shape[0], len(counts)
 
     # one job per (image, mode, step); mode 0 deletion, 1 insertion
     img_idx, mode_idx, step_idx = (a.ravel() for a in np.meshgrid(np.arange(n_img), [0, 1], np.arange(steps), indexing="ij"))
@@ -484,13 +507,63 @@ def deletion_insertion(
         if probs.ndim != 2 or probs.shape[0] != batch:
             raise InputError(f"score_fn must return probabilities (n, C) for n={batch} images; got shape {probs.shape}")
         scores[sel] = probs[np.arange(len(sel)), t[i]]
-    curves = scores.reshape(n_img, 2, steps)
-    xs = np.linspace(0.0, 1.0, steps) if protocol == "rise" else fractions  # RISE: uniform in the step index
-    return {
-        "deletion_auc": auc(xs, curves[:, 0]),
-        "insertion_auc": auc(xs, curves[:, 1]),
-        "curves": {"fractions": fractions, "deletion": curves[:, 0], "insertion": curves[:, 1]},
-    }
+    return _curves_result(scores.reshape(n_img, 2, steps), fractions, xs)
+
+
+def _device_curves(prob_fn, images, bases, ranks, counts, targets):
+    """Jitted body of :func:`deletion_insertion_batched`: ``(B, 2, T)`` target scores, one ``prob_fn`` call per
+    (mode, step) on all B images, looped by ``lax.map`` inside one compiled program."""
+    import jax
+    import jax.numpy as jnp
+
+    b = images.shape[0]
+    modes = jnp.repeat(jnp.arange(2), counts.shape[0])
+    ks = jnp.tile(counts, 2)
+
+    def one(args):
+        mode, k = args
+        take_base = (ranks < k) != (mode == 1)  # deletion: the first k from the base; insertion: the rest
+        mixed = jnp.where(take_base[..., None], bases[mode], images)
+        return prob_fn(mixed)[jnp.arange(b), targets]
+
+    scores = jax.lax.map(one, (modes, ks))  # (2T, B)
+    return scores.reshape(2, counts.shape[0], b).transpose(2, 0, 1)
+
+
+def deletion_insertion_batched(prob_fn: Callable, images, maps, targets, steps: int = 21,
+                               baseline: str | tuple[str, str] = "blur", sigma: float = 5.0, fill: float = 0.0,
+                               protocol: str = "chipjax") -> dict:
+    """:func:`deletion_insertion` with the whole ``B`` images × ``T`` steps × 2 modes as one jitted call on
+    the device.
+
+    Args:
+      prob_fn: a **jax-traceable** function images ``(B, H, W, C)`` -> probabilities ``(B, C)`` (e.g. a
+        model's softmax); it is a static argument of the jit, so pass the same function object every time
+        to reuse the compiled program. The other arguments are as :func:`deletion_insertion`.
+
+    Returns:
+      the same dict as :func:`deletion_insertion` (equal to it up to float32 rounding).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    x, t, bases, ranks, counts, fractions, xs = _deletion_plan(images, maps, targets, steps, baseline, sigma, fill,
+                                                               protocol)
+    run = _jitted_device_curves()
+    curves = run(prob_fn, jnp.asarray(x), jnp.asarray(bases), jnp.asarray(ranks, jnp.int32),
+                 jnp.asarray(counts, jnp.int32), jnp.asarray(t, jnp.int32))
+    return _curves_result(np.asarray(curves, np.float64), fractions, xs)
+
+
+_JITTED = {}
+
+
+def _jitted_device_curves():
+    if "curves" not in _JITTED:
+        import jax
+
+        _JITTED["curves"] = jax.jit(_device_curves, static_argnums=0)
+    return _JITTED["curves"]
 
 
 # --- rank correlation / randomisation sanity check -------------------------------------------------

@@ -599,3 +599,25 @@ def test_bootstrap_interval_deterministic_and_statistic(rng):
     assert M.bootstrap_interval(bits, lambda r: float(r.mean(axis=0).max())) == (1.0, 1.0)
     with pytest.raises(InputError):
         M.bootstrap_interval(np.zeros(0))
+
+
+@pytest.mark.parametrize("protocol", ["rise", "chipjax"])
+def test_deletion_insertion_batched_equals_the_chunked_loop(rng, protocol):
+    import jax
+    import jax.numpy as jnp
+
+    weights = jnp.asarray(rng.standard_normal((12, 12, 3, 4)).astype(np.float32) * 0.3)
+
+    def prob_fn(x):  # a linear classifier on the pixels, softmax over 4 classes
+        return jax.nn.softmax(jnp.einsum("bhwc,hwck->bk", x, weights), axis=-1)
+
+    images = rng.standard_normal((3, 12, 12, 3)).astype(np.float32)
+    maps = rng.random((3, 12, 12))
+    targets = [0, 2, 3]
+    loop = M.deletion_insertion(lambda x: np.asarray(prob_fn(jnp.asarray(x))), images, maps, targets, steps=7,
+                                protocol=protocol, sigma=1.5, batch=5)
+    dev = M.deletion_insertion_batched(prob_fn, images, maps, targets, steps=7, protocol=protocol, sigma=1.5)
+    for key in ("deletion", "insertion"):
+        np.testing.assert_allclose(dev["curves"][key], loop["curves"][key], atol=1e-6)
+        np.testing.assert_allclose(dev[f"{key}_auc"], loop[f"{key}_auc"], atol=1e-6)
+    np.testing.assert_array_equal(dev["curves"]["fractions"], loop["curves"]["fractions"])
