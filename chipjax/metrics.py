@@ -60,6 +60,12 @@ __all__ = [
     "rank_correlations",
     "sanity_check",
     "randomize_top_layers",
+    "randomize_layers",
+    "ssim_scores",
+    "hog_similarities",
+    "map_similarities",
+    "relevance_mass",
+    "relevance_rank",
 ]
 
 # 8-connectivity: diagonal neighbours belong to the same component (as OpenCV contours in the CAM code).
@@ -654,9 +660,19 @@ def randomize_top_layers(variables: Mapping, fresh_variables: Mapping, keys_in_o
     """
     if not 0 <= n <= len(keys_in_order):
         raise InputError(f"n must be in [0, {len(keys_in_order)}]; got {n}")
-    top = list(keys_in_order)[len(keys_in_order) - n :]
+    return randomize_layers(variables, fresh_variables, list(keys_in_order)[len(keys_in_order) - n:])
+
+
+def randomize_layers(variables: Mapping, fresh_variables: Mapping, keys: Sequence[str]) -> dict:
+    """The ``keys`` (top-level keys of the variable collections) take their fresh (random) values; the
+    rest stays trained. One key: Adebayo et al.'s *independent* randomisation of a layer; the top ``n``:
+    the *cascading* one (:func:`randomize_top_layers`).
+
+    Returns:
+      a new variables dict (the inputs are not modified).
+    """
     out = {col: dict(tree) for col, tree in variables.items()}
-    for key in top:
+    for key in keys:
         found = False
         for col, tree in out.items():
             if key in tree:
@@ -1033,3 +1049,88 @@ def bootstrap_interval(data, statistic: Callable | None = None, n_resamples: int
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(values, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+# --- similarity of maps (sanity checks, Adebayo et al. 2018) ----------------------------------------------
+def _pairs(a, b, what: str) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 3:
+        raise InputError(f"{what} needs two (B, H, W) arrays of the same shape; got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise InputError(f"{what}: the maps contain NaN or Inf")
+    return a, b
+
+
+def ssim_scores(a, b) -> np.ndarray:
+    """SSIM (``skimage.metrics.structural_similarity``) of each pair of maps ``(B, H, W)`` -> ``(B,)``, the
+    data range being the pair's joint ``max - min`` (as Quantus' ``ssim``). Two identical constant maps
+    give 1; maps need ``H, W >= 7`` (the SSIM window)."""
+    from skimage.metrics import structural_similarity
+
+    a, b = _pairs(a, b, "ssim_scores")
+    out = np.empty(a.shape[0])
+    for i in range(a.shape[0]):
+        span = float(max(a[i].max(), b[i].max()) - min(a[i].min(), b[i].min()))
+        out[i] = 1.0 if span == 0 else structural_similarity(a[i], b[i], data_range=span)
+    return out
+
+
+def _pearson(u: np.ndarray, v: np.ndarray) -> float:
+    u, v = u - u.mean(), v - v.mean()
+    denom = np.sqrt((u * u).sum() * (v * v).sum())
+    return float(np.clip((u * v).sum() / denom, -1.0, 1.0)) if denom > 0 else 0.0
+
+
+def hog_similarities(a, b, pixels_per_cell: int | None = None, cells_per_block: int = 2) -> np.ndarray:
+    """Pearson correlation of the HOG features (``skimage.feature.hog``, 9 orientations) of each pair of
+    maps ``(B, H, W)`` -> ``(B,)``, as Adebayo et al.; 0 when either feature vector is constant (e.g. a flat
+    map), never NaN. ``pixels_per_cell`` defaults to an eighth of the shorter side (at least 2): 28 px at 224."""
+    from skimage.feature import hog
+
+    a, b = _pairs(a, b, "hog_similarities")
+    if pixels_per_cell is None:
+        pixels_per_cell = max(2, min(a.shape[1:]) // 8)
+    cell, block = (int(pixels_per_cell),) * 2, (int(cells_per_block),) * 2
+    if min(a.shape[1:]) < pixels_per_cell * cells_per_block:
+        raise InputError(f"HOG needs maps of at least {pixels_per_cell * cells_per_block} px a side; got {a.shape[1:]}")
+    return np.array([_pearson(hog(x, pixels_per_cell=cell, cells_per_block=block), hog(y, pixels_per_cell=cell,
+                                                                                      cells_per_block=block))
+                     for x, y in zip(a, b)])
+
+
+def map_similarities(a, b) -> dict[str, np.ndarray]:
+    """Adebayo et al.'s four similarities of each pair of maps ``(B, H, W)``: ``{"spearman", "spearman_abs",
+    "ssim", "hog"}``, each ``(B,)`` (:func:`rank_correlations` of the maps and of their absolute values,
+    :func:`ssim_scores`, :func:`hog_similarities`). For non-negative maps the two Spearman values agree."""
+    a, b = _pairs(a, b, "map_similarities")
+    return {"spearman": rank_correlations(a, b), "spearman_abs": rank_correlations(np.abs(a), np.abs(b)),
+            "ssim": ssim_scores(a, b), "hog": hog_similarities(a, b)}
+
+
+# --- relevance inside a mask (Arras et al. 2022; Quantus' RelevanceMassAccuracy / RelevanceRankAccuracy) ---
+def _maps_and_masks(maps, masks, what: str) -> tuple[np.ndarray, np.ndarray]:
+    m = _check_map(maps, 3, "maps")
+    g = np.asarray(masks).astype(bool)
+    if g.shape != m.shape:
+        raise InputError(f"{what}: masks must be (B, H, W) like the maps {m.shape}; got {g.shape}")
+    return m.reshape(m.shape[0], -1), g.reshape(g.shape[0], -1)
+
+
+def relevance_mass(maps, masks) -> np.ndarray:
+    """Fraction of each map's total relevance inside its mask: ``(B, H, W), (B, H, W) bool -> (B,)``.
+    An all-zero map or an empty mask gives 0 (Quantus gives NaN)."""
+    m, g = _maps_and_masks(maps, masks, "relevance_mass")
+    total = m.sum(axis=1)
+    inside = (m * g).sum(axis=1)
+    return np.where((total > 0) & g.any(axis=1), inside / np.where(total > 0, total, 1.0), 0.0)
+
+
+def relevance_rank(maps, masks) -> np.ndarray:
+    """Fraction of each map's ``K`` highest pixels that lie in its mask, ``K`` the mask's size (ties: raster
+    order): ``(B, H, W), (B, H, W) bool -> (B,)``; 0 for an empty mask."""
+    m, g = _maps_and_masks(maps, masks, "relevance_rank")
+    order = np.argsort(-m, axis=1, kind="stable")
+    k = g.sum(axis=1)
+    hits = np.take_along_axis(g, order, axis=1) & (np.arange(m.shape[1])[None, :] < k[:, None])
+    return np.where(k > 0, hits.sum(axis=1) / np.maximum(k, 1), 0.0)

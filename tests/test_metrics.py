@@ -621,3 +621,71 @@ def test_deletion_insertion_batched_equals_the_chunked_loop(rng, protocol):
         np.testing.assert_allclose(dev["curves"][key], loop["curves"][key], atol=1e-6)
         np.testing.assert_allclose(dev[f"{key}_auc"], loop[f"{key}_auc"], atol=1e-6)
     np.testing.assert_array_equal(dev["curves"]["fractions"], loop["curves"]["fractions"])
+
+
+# --- similarities and relevance, against Quantus and scikit-image ------------------------------------------
+
+
+def test_ssim_matches_quantus(rng):
+    quantus = pytest.importorskip("quantus")
+    a, b = rng.random((3, 16, 16)), rng.random((3, 16, 16))
+    b[0] = a[0] * 0.5 + 0.2 * b[0]
+    want = quantus.functions.similarity_func.ssim(a, b, batched=True)
+    np.testing.assert_allclose(M.ssim_scores(a, b), want, atol=1e-10)
+    assert M.ssim_scores(np.zeros((1, 8, 8)), np.zeros((1, 8, 8)))[0] == 1.0
+
+
+def test_spearman_matches_quantus(rng):
+    quantus = pytest.importorskip("quantus")
+    a, b = rng.standard_normal((4, 10, 10)), rng.standard_normal((4, 10, 10))
+    want = quantus.functions.similarity_func.correlation_spearman(a.reshape(4, -1), b.reshape(4, -1), batched=True)
+    sims = M.map_similarities(np.abs(a) + 0.1 * b, np.abs(b))  # also the four keys together
+    np.testing.assert_allclose(M.rank_correlations(a, b), want, atol=1e-12)
+    assert set(sims) == {"spearman", "spearman_abs", "ssim", "hog"}
+    # with signs, the absolute-value variant differs
+    assert not np.allclose(M.map_similarities(a, b)["spearman"], M.map_similarities(a, b)["spearman_abs"])
+
+
+def test_hog_similarity_is_pearson_of_skimage_hog(rng):
+    from skimage.feature import hog
+
+    a, b = rng.random((2, 32, 32)), rng.random((2, 32, 32))
+    b[1] = a[1].T
+    want = [scipy.stats.pearsonr(hog(x, pixels_per_cell=(16, 16), cells_per_block=(2, 2)),
+                                 hog(y, pixels_per_cell=(16, 16), cells_per_block=(2, 2)))[0] for x, y in zip(a, b)]
+    np.testing.assert_allclose(M.hog_similarities(a, b, pixels_per_cell=16), want, atol=1e-12)
+    assert M.hog_similarities(a[:1], a[:1])[0] == pytest.approx(1.0)
+    assert M.hog_similarities(np.zeros((1, 32, 32)), a[:1])[0] == 0.0  # flat map: defined, not NaN
+
+
+def test_pointing_and_relevance_match_quantus(rng):
+    quantus = pytest.importorskip("quantus")
+    n, s = 6, 16
+    maps = rng.random((n, s, s))
+    boxes = [np.array([[2 + i, 3, 9 + i, 12]]) for i in range(n)]
+    masks = np.stack([M.boxes_to_mask(b, (s, s)) for b in boxes])
+    maps[0][masks[0]] += 1.0  # one clear hit
+    x = rng.random((n, 1, s, s)).astype(np.float32)
+    y = np.zeros(n, int)
+    a, sb = maps[:, None].astype(np.float32), masks[:, None].astype(np.float32)
+    kw = dict(model=None, x_batch=x, y_batch=y, a_batch=a, s_batch=sb, channel_first=True)
+    want_pg = quantus.PointingGame(disable_warnings=True)(**kw)
+    np.testing.assert_array_equal(M.pointing_game(maps, boxes, tolerance=0), np.asarray(want_pg, bool))
+    want_mass = quantus.RelevanceMassAccuracy(disable_warnings=True)(**kw)
+    np.testing.assert_allclose(M.relevance_mass(maps, masks), want_mass, atol=1e-6)
+    want_rank = quantus.RelevanceRankAccuracy(disable_warnings=True)(**kw)
+    np.testing.assert_allclose(M.relevance_rank(maps, masks), want_rank, atol=1e-12)
+    # defined where Quantus gives NaN
+    assert M.relevance_mass(np.zeros((1, 4, 4)), np.ones((1, 4, 4)))[0] == 0.0
+    assert M.relevance_rank(maps[:1], np.zeros((1, s, s)))[0] == 0.0
+
+
+def test_randomize_layers_independent():
+    trained = {"params": {"a": 1, "b": 2, "c": 3}, "batch_stats": {"b": 20}}
+    fresh = {"params": {"a": -1, "b": -2, "c": -3}, "batch_stats": {"b": -20}}
+    out = M.randomize_layers(trained, fresh, ["b"])
+    assert out == {"params": {"a": 1, "b": -2, "c": 3}, "batch_stats": {"b": -20}}
+    assert trained["params"]["b"] == 2  # inputs untouched
+    assert M.randomize_top_layers(trained, fresh, ["a", "b", "c"], 2)["params"] == {"a": 1, "b": -2, "c": -3}
+    with pytest.raises(InputError):
+        M.randomize_layers(trained, fresh, ["zzz"])
