@@ -33,6 +33,9 @@ layers, ``refined-chip@blocks.11.expand+blocks.15.expand+head``; RISE works on t
 
 Every table entry comes with a percentile-bootstrap 95 % interval over the images (``bootstrap``
 resamples, seed 0; set-level metrics such as MaxBoxAcc and PxAP are recomputed on every resample).
+* ``sanity_layers`` (not by default): Adebayo et al.'s sanity check as a curve: every parameterised unit
+  re-initialised from the logits down, cascading and independently; Spearman (of the maps and of their
+  absolute values), SSIM and HOG similarity per unit (``sanity_layers.csv``, a table in ``results.md``).
 * ``sanity`` (not by default): Spearman r between each map and the map of the same run on the model
   whose top ``sanity_top`` parameterised units are re-initialised (lower = the map depends on them).
 
@@ -83,8 +86,8 @@ __all__ = [
 ]
 
 METRICS = ("pointing", "box_acc", "max_box_acc", "max_box_acc_v2", "pxap", "top1_loc", "deletion", "insertion",
-           "confidence", "road", "sanity")
-DEFAULT_METRICS = tuple(m for m in METRICS if m not in ("road", "sanity"))  # ROAD and sanity are slow: opt in
+           "confidence", "road", "sanity", "sanity_layers")
+DEFAULT_METRICS = tuple(m for m in METRICS if m not in ("road", "sanity", "sanity_layers"))  # slow ones: opt in
 DELETION_PROTOCOLS = {"rise": "RISE protocol", "chipjax": "chipjax v1 protocol"}
 BUNDLED_SETS = ("photos", "composites", "two-object")
 ALL_METHODS = "chip,refined-chip,cam,gradcam,gradcam++,scorecam,ablationcam,rise"
@@ -112,6 +115,7 @@ class Settings:
       sanity_top: parameterised units, counted from the output, re-initialised for ``sanity``.
       deletion_protocol: ``rise`` (RISE's reference) or ``chipjax`` (the first variant, ``baseline`` both ways).
       bootstrap: resamples of the 95 % intervals (0: no intervals).
+      sanity_depth: units, from the logits down, that ``sanity_layers`` randomises one after another (0: all).
     """
 
     box_threshold: float = 0.2
@@ -125,6 +129,7 @@ class Settings:
     sanity_top: int = 2
     deletion_protocol: str = "rise"
     bootstrap: int = 1000
+    sanity_depth: int = 0
 
     def check(self) -> "Settings":
         if not 0.0 <= self.box_threshold <= 1.0:
@@ -137,6 +142,8 @@ class Settings:
             raise InputError(f"deletion/insertion curves need at least 2 steps, got {self.deletion_steps}")
         if self.deletion_protocol not in DELETION_PROTOCOLS:
             raise InputError(f"deletion protocol must be one of {', '.join(DELETION_PROTOCOLS)}, got {self.deletion_protocol!r}")
+        if self.sanity_depth < 0:
+            raise InputError(f"sanity depth must be >= 0 units (0: all), got {self.sanity_depth}")
         if self.bootstrap < 0:
             raise InputError(f"bootstrap resamples must be >= 0 (0: no intervals), got {self.bootstrap}")
         if self.baseline not in ("blur", "constant"):
@@ -373,15 +380,8 @@ def _cached_transform(view: Callable, h: int, w: int):
 
 
 # ------------------------------------------------------------------------------------- models
-def randomized_model(model, top: int, seed: int = 0):
-    """``model`` with its top ``top`` parameterised units re-initialised from ``seed`` (cascading
-    randomisation of Adebayo et al.), via :func:`chipjax.metrics.randomize_top_layers`."""
-    import jax
-    import jax.numpy as jnp
-
-    from .metrics import randomize_top_layers
-    from .models.base import Model
-
+def parameterised_units(model) -> tuple[list[str], dict[str, int]]:
+    """The variable keys of ``model``'s parameterised units, input to output, and each key's unit index."""
     present = {key for tree in model.variables.values() for key in tree}
     keys, first_unit = [], {}
     for index, unit in enumerate(model.spec.units):
@@ -390,6 +390,21 @@ def randomized_model(model, top: int, seed: int = 0):
                 keys.append(key)
                 first_unit[key] = index
                 break
+    return keys, first_unit
+
+
+def randomized_model(model, top: int, seed: int = 0, independent: bool = False):
+    """``model`` with its top ``top`` parameterised units re-initialised from ``seed`` (cascading
+    randomisation of Adebayo et al.), via :func:`chipjax.metrics.randomize_top_layers`; with
+    ``independent`` only the ``top``-th unit from the output (independent randomisation,
+    :func:`chipjax.metrics.randomize_layers`)."""
+    import jax
+    import jax.numpy as jnp
+
+    from .metrics import randomize_layers, randomize_top_layers
+    from .models.base import Model
+
+    keys, first_unit = parameterised_units(model)
     top = min(int(top), len(keys))
     start = first_unit[keys[len(keys) - top]]
     # initialise only units[start:], on an input shaped like their input: cheap even for a big network
@@ -398,8 +413,77 @@ def randomized_model(model, top: int, seed: int = 0):
     inner = jax.eval_shape(lambda v, a: module.apply(v, a, start=0, stop=start), model.variables, x)
     init = jax.jit(lambda key, a: module.init(key, a, start=start, stop=None))
     fresh = init(jax.random.PRNGKey(seed), jnp.zeros(inner.shape, inner.dtype))
+    if independent:
+        variables = randomize_layers(model.variables, fresh, [keys[len(keys) - top]])
+        return Model(model.spec, variables, f"{model.weights}, unit {keys[len(keys) - top]} re-initialised (seed {seed})")
     variables = randomize_top_layers(model.variables, fresh, keys, top)
     return Model(model.spec, variables, f"{model.weights}, top {top} units re-initialised (seed {seed})")
+
+
+SANITY_MODES = ("cascading", "independent")
+SANITY_SIMILARITIES = ("spearman", "spearman_abs", "ssim", "hog")
+
+
+class SanityModels:
+    """Randomised copies of a model for the per-layer sanity check, made once each when first asked for:
+    ``get(mode, n)`` is the model with its top ``n`` units (cascading) or its ``n``-th unit from the output
+    (independent) re-initialised (seed 0)."""
+
+    def __init__(self, model, depth: int = 0):
+        self.model = model
+        self.keys = parameterised_units(model)[0][::-1]  # from the logits down
+        self.keys = self.keys[:depth] if depth else self.keys
+        self._made: dict = {}
+
+    def get(self, mode: str, n: int):
+        if (mode, n) not in self._made:
+            self._made[(mode, n)] = randomized_model(self.model, n, independent=(mode == "independent"))
+        return self._made[(mode, n)]
+
+
+def _sanity_layer_records(model_maps: np.ndarray, batch, run, options, sanity: "SanityModels") -> list[dict]:
+    """Per image: ``{mode: [[unit key, [spearman, spearman_abs, ssim, hog]], ...]}``, units from the logits down
+    (a list, so the order survives the JSON records)."""
+    from . import metrics as M
+
+    out = [{mode: [] for mode in SANITY_MODES} for _ in range(len(model_maps))]
+    for mode in SANITY_MODES:
+        for n, key in enumerate(sanity.keys, start=1):
+            sims = M.map_similarities(model_maps, _maps(sanity.get(mode, n), batch, run, options))
+            for b in range(len(model_maps)):
+                out[b][mode].append([key, [round(float(sims[k][b]), 6) for k in SANITY_SIMILARITIES]])
+    return out
+
+
+def sanity_layer_table(records: Iterable[dict], runs: Sequence[Run]) -> tuple[str, str]:
+    """The per-layer sanity check as (Markdown, CSV): for every run and mode, the mean of each similarity
+    over the images at every randomised unit, from the logits down (a curve: left = only the top changed)."""
+    rows = []
+    for run in runs:
+        recs = [r["sanity_layers"] for r in records if r["run"] == run.key and r.get("sanity_layers")]
+        if not recs:
+            continue
+        for mode in SANITY_MODES:
+            units = [u for u, _ in recs[0][mode]]
+            means = np.mean([[v for _, v in rec[mode]] for rec in recs], axis=0)  # (units, 4)
+            rows.append((run.key, mode, units, means, len(recs)))
+    if not rows:
+        return "", ""
+    csv_lines = ["run,mode,depth,unit,images," + ",".join(SANITY_SIMILARITIES)]
+    md = []
+    for key, mode, units, means, n in rows:
+        for depth, (u, m) in enumerate(zip(units, means), start=1):
+            csv_lines.append(f"{key},{mode},{depth},{u},{n}," + ",".join(f"{v:.6f}" for v in m))
+    units = rows[0][2]
+    md.append("| method @ layer | randomisation | " + " | ".join(units) + " |")
+    md.append("|---|---|" + "---:|" * len(units))
+    for key, mode, u, means, n in rows:
+        md.append(f"| {key} | {mode} | " + " | ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(means[:, 0], means[:, 2])) + " |")
+    text = ("\n## Sanity check by layer (Adebayo et al.)\n\nSpearman r / SSIM between each map and the map of the "
+            "model whose units are re-initialised from the logits down (cascading: every unit up to this one; "
+            "independent: this unit alone); near 0 = the map depends on those weights. All four similarities "
+            "(Spearman, Spearman of |maps|, SSIM, HOG) are in sanity_layers.csv.\n\n" + "\n".join(md) + "\n")
+    return text, "\n".join(csv_lines) + "\n"
 
 
 _SCORERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -500,7 +584,7 @@ def _dense_histograms(rows: Sequence[dict]) -> np.ndarray:
 
 
 def _unit_records(model, batch: _Batch, run: Run, metrics: Sequence[str], options: Mapping, settings: Settings,
-                  scorer, random_model) -> tuple[list[dict], np.ndarray]:
+                  scorer, random_model, sanity: "SanityModels | None" = None) -> tuple[list[dict], np.ndarray]:
     """Records of one (batch, run) unit, and its maps ``(B, S, S)``."""
     from . import metrics as M
 
@@ -554,6 +638,9 @@ def _unit_records(model, batch: _Batch, run: Run, metrics: Sequence[str], option
         r = M.rank_correlations(maps, _maps(random_model, batch, run, options))
         for b, rec in enumerate(records):
             rec["sanity_r"] = float(r[b])
+    if "sanity_layers" in metrics:
+        for rec, layers in zip(records, _sanity_layer_records(maps, batch, run, options, sanity)):
+            rec["sanity_layers"] = layers
     seconds = (time.perf_counter() - t0) / len(records)
     for rec in records:
         rec["seconds"] = round(seconds, 4)
@@ -806,6 +893,7 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
     needs_scores = any(m in metric_names for m in ("deletion", "insertion", "confidence", "road"))
     scorer = softmax_scorer(model) if needs_scores and todo else None
     random_model = randomized_model(model, settings.sanity_top) if "sanity" in metric_names and todo else None
+    sanity = SanityModels(model, settings.sanity_depth) if "sanity_layers" in metric_names and todo else None
     os.makedirs(os.path.join(out_dir, EXAMPLES_DIR), exist_ok=True)
     computed = 0
     units_done = total - len(todo)
@@ -814,7 +902,8 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
         for indices, run in progress_bar(todo, desc=f"eval {src.description}", total=len(todo), enable=progress):
             if current is None or current.indices != indices:
                 current = _prepare_batch(model, src, indices)
-            records, maps = _unit_records(model, current, run, metric_names, opts, settings, scorer, random_model)
+            records, maps = _unit_records(model, current, run, metric_names, opts, settings, scorer, random_model,
+                                          sanity)
             for b, i in enumerate(indices):
                 if i < settings.num_examples:
                     _save_example(_example_path(out_dir, i, run), maps[b])
@@ -1073,8 +1162,12 @@ def write_outputs(out_dir, model, source, runs, metrics, settings, options, stor
     """results.md, results.csv, timing.csv, curve plots and the examples grid."""
     from . import viz
 
+    sanity_md, sanity_csv = sanity_layer_table(store.records.values(), runs) if "sanity_layers" in metrics else ("", "")
     _atomic_write(os.path.join(out_dir, "results.md"),
-                  results_markdown(model, source, metrics, settings, options, summary, classification).encode())
+                  (results_markdown(model, source, metrics, settings, options, summary, classification)
+                   + sanity_md).encode())
+    if sanity_csv:
+        _atomic_write(os.path.join(out_dir, "sanity_layers.csv"), sanity_csv.encode())
     _atomic_write(os.path.join(out_dir, "results.csv"), _csv_text(summary).encode())
     _atomic_write(os.path.join(out_dir, "timing.csv"), _timing_text(store.records.values(), runs).encode())
     records = list(store.records.values())
@@ -1157,6 +1250,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=Settings.num_examples, help="images in examples.png")
     p.add_argument("--sanity-top", type=int, default=Settings.sanity_top,
                    help="parameterised units re-initialised for the sanity metric (default 2: head and fc)")
+    p.add_argument("--sanity-depth", type=int, default=Settings.sanity_depth,
+                   help="units from the logits down that the sanity_layers metric randomises (default 0: all)")
     p.add_argument("--checkpoint-every", type=int, default=16, help="records between checkpoints (default 16)")
     p.add_argument("--restart", action="store_true", help="discard the results already in --out and start over")
     p.add_argument("--out", default="chipjax_eval", help="output folder (default chipjax_eval)")
@@ -1202,7 +1297,7 @@ def cmd_eval(args) -> int:
     settings = Settings(box_threshold=args.threshold, pointing_tolerance=args.tolerance, deletion_steps=args.steps,
                         baseline=args.baseline, deletion_protocol=args.deletion_protocol, bootstrap=args.bootstrap,
                         batch_size=args.batch_size, num_examples=args.examples,
-                        sanity_top=args.sanity_top).check()
+                        sanity_top=args.sanity_top, sanity_depth=args.sanity_depth).check()
     metrics = _check_metrics(args.metrics)
     source = load_source(args.data, num_images=args.num_images, seed=args.data_seed, boxes=args.boxes,
                          split=args.split)

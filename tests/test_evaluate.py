@@ -284,6 +284,52 @@ def test_sanity_metric_randomises_only_the_top_units(lite0_small, tmp_path):
     assert -1.0 <= r < 0.9  # maps of a half-random network are not those of the trained one
 
 
+def test_sanity_layers_cascading_and_independent(lite0_small, tmp_path):
+    import jax
+
+    from chipjax.methods import explain
+
+    keys = E.parameterised_units(lite0_small)[0][::-1]
+    assert keys[:2] == ["fc", "head"]
+    # independent randomisation of the 2nd unit from the top changes that unit alone
+    one = E.randomized_model(lite0_small, 2, independent=True)
+    for col, tree in lite0_small.variables.items():
+        for key, sub in tree.items():
+            same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(sub),
+                                                             jax.tree_util.tree_leaves(one.variables[col][key])))
+            assert same == (key != keys[1]), (col, key)
+    settings = E.Settings(batch_size=2, num_examples=0, sanity_depth=2, bootstrap=0)
+    res = E.evaluate(lite0_small, _samples(2), "gradcam@head", None, "sanity_layers", None, str(tmp_path),
+                     progress=False, settings=settings)
+    recs = E.read_records(str(tmp_path / "records.jsonl"))
+    layers = {mode: dict(pairs) for mode, pairs in recs[0]["sanity_layers"].items()}
+    assert [u for u, _ in recs[0]["sanity_layers"]["cascading"]] == keys[:2]
+    assert [u for u, _ in recs[0]["sanity_layers"]["independent"]] == keys[:2]
+    # the top unit alone: cascading and independent randomise the same weights
+    assert layers["cascading"]["fc"] == layers["independent"]["fc"]
+    # the number against scipy's Spearman on maps made here from the independently randomised model
+    samples = _samples(2)
+    x = np.concatenate([lite0_small.spec.normalize(lite0_small.view(s.image))[None] for s in samples]).astype(np.float32)
+    labels = [int(s.label) for s in samples]
+    trained = np.asarray(explain(lite0_small, x, method="gradcam", layer="head", target=labels))
+    random = np.asarray(explain(one, x, method="gradcam", layer="head", target=labels))
+    for b, rec in enumerate(sorted(recs, key=lambda r: r["i"])):
+        want = scipy_spearman(trained[b], random[b])
+        assert dict(rec["sanity_layers"]["independent"])[keys[1]][0] == pytest.approx(want, abs=1e-5)
+    md = (tmp_path / "results.md").read_text()
+    assert "Sanity check by layer" in md and "| gradcam@head | independent |" in md
+    csv = (tmp_path / "sanity_layers.csv").read_text().splitlines()
+    assert csv[0] == "run,mode,depth,unit,images,spearman,spearman_abs,ssim,hog"
+    assert len(csv) == 1 + 2 * 2
+
+
+def scipy_spearman(a, b):
+    import scipy.stats
+
+    r = scipy.stats.spearmanr(np.ravel(a), np.ravel(b))[0]
+    return 0.0 if np.isnan(r) else float(r)
+
+
 def test_sanity_check_separates_trained_from_randomised_for_chip(lite0_small, tmp_path):
     res = E.evaluate(lite0_small, _samples(2), "chip@head", None, "pointing,sanity", {"chip": {"num_masks": 128}},
                      str(tmp_path), progress=False, settings=E.Settings(batch_size=2, num_examples=0))
