@@ -30,14 +30,14 @@ layers, ``refined-chip@blocks.11.expand+blocks.15.expand+head``; RISE works on t
   in the map's order (:func:`chipjax.metrics.deletion_insertion`, 21 steps); by default RISE's protocol
   (deletion to zero = the mean colour, insertion from RISE's blur), ``deletion_protocol="chipjax"`` the first
   variant (both from the blurred ``baseline``). The table header names the protocol.
-
-Every table entry comes with a percentile-bootstrap 95 % interval over the images (``bootstrap``
-resamples, seed 0; set-level metrics such as MaxBoxAcc and PxAP are recomputed on every resample).
 * ``sanity_layers`` (not by default): Adebayo et al.'s sanity check as a curve: every parameterised unit
   re-initialised from the logits down, cascading and independently; Spearman (of the maps and of their
   absolute values), SSIM and HOG similarity per unit (``sanity_layers.csv``, a table in ``results.md``).
 * ``sanity`` (not by default): Spearman r between each map and the map of the same run on the model
   whose top ``sanity_top`` parameterised units are re-initialised (lower = the map depends on them).
+
+Every table entry comes with a percentile-bootstrap 95 % interval over the images (``bootstrap``
+resamples, seed 0; set-level metrics such as MaxBoxAcc and PxAP are recomputed on every resample).
 
 Output folder: ``results.md`` (the table), ``results.csv``, ``records.jsonl`` (one line per
 (image, run)), ``run.json`` (the settings), ``timing.csv``, ``deletion.png``/``insertion.png`` (mean
@@ -110,7 +110,8 @@ class Settings:
       deletion_steps: points on the deletion/insertion curves (fractions 0, 1/(T-1), …, 1).
       baseline: what deleted pixels become: ``blur`` or ``constant`` (0 = the mean colour).
       batch_size: images explained together (fixes the units of work; part of the results' identity).
-      score_batch: images per forward pass in deletion/insertion.
+      score_batch: images per forward pass of ``confidence`` and ``road`` (deletion/insertion scores the
+        batch's images at every step in one jitted call).
       num_examples: images drawn in ``examples.png``.
       sanity_top: parameterised units, counted from the output, re-initialised for ``sanity``.
       deletion_protocol: ``rise`` (RISE's reference) or ``chipjax`` (the first variant, ``baseline`` both ways).
@@ -963,7 +964,7 @@ _SUMMARY_ENTRIES: dict[str, tuple[str, Callable, Callable]] = {
     "max_box_acc": ("max_box_acc", _v1_data, lambda d: float(d.mean(axis=0).max())),
     "max_box_acc_v2": ("max_box_acc_v2", _v2_data, lambda d: float(d.mean(axis=0).max(axis=1).mean())),
     "pxap": ("pxap", lambda rows: _dense_histograms([r for r in rows if r.get("pxap_hist")]),
-             lambda d: _pxap_or_none(d)),
+             lambda d: _pxap_of_histograms(d)),
     "top1_loc_err": ("top1_loc", _top1_loc_data, lambda d: float(np.mean(d))),
     "deletion_auc": ("deletion",) + _mean_of("deletion_auc"),
     "insertion_auc": ("insertion",) + _mean_of("insertion_auc"),
@@ -976,7 +977,7 @@ _SUMMARY_ENTRIES: dict[str, tuple[str, Callable, Callable]] = {
 }
 
 
-def _pxap_or_none(hists: np.ndarray) -> float:
+def _pxap_of_histograms(hists: np.ndarray) -> float:
     from .metrics import pxap_from_histograms
 
     return pxap_from_histograms(hists)["pxap"]

@@ -617,9 +617,9 @@ def test_deletion_insertion_batched_equals_the_chunked_loop(rng, protocol):
     loop = M.deletion_insertion(lambda x: np.asarray(prob_fn(jnp.asarray(x))), images, maps, targets, steps=7,
                                 protocol=protocol, sigma=1.5, batch=5)
     dev = M.deletion_insertion_batched(prob_fn, images, maps, targets, steps=7, protocol=protocol, sigma=1.5)
-    for key in ("deletion", "insertion"):
-        np.testing.assert_allclose(dev["curves"][key], loop["curves"][key], atol=1e-6)
-        np.testing.assert_allclose(dev[f"{key}_auc"], loop[f"{key}_auc"], atol=1e-6)
+    for key in ("deletion", "insertion"):  # float32 sums over 432 pixels, in batches of another size
+        np.testing.assert_allclose(dev["curves"][key], loop["curves"][key], atol=1e-5)
+        np.testing.assert_allclose(dev[f"{key}_auc"], loop[f"{key}_auc"], atol=1e-5)
     np.testing.assert_array_equal(dev["curves"]["fractions"], loop["curves"]["fractions"])
 
 
