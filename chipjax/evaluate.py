@@ -839,14 +839,14 @@ def run_config(model, source: EvalSource, runs, metrics, options, settings: Sett
         "runs": [r.key for r in runs],
         "metrics": list(metrics),
         "options": options,
-        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "num_examples"},
+        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("num_examples", "bootstrap")},
     }
 
 
 def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, layers=None, metrics=DEFAULT_METRICS,
              options: Mapping[str, Mapping] | None = None, out_dir: str = "chipjax_eval", resume: bool = True,
              progress: bool = True, checkpoint_every: int = 16, *, settings: Settings | None = None,
-             num_images: int | None = None, seed: int = 0) -> dict:
+             num_images: int | None = None, seed: int = 0, tune_source=None) -> dict:
     """Evaluate ``methods`` × ``layers`` on ``source`` with ``metrics``; write the table and plots to ``out_dir``.
 
     Args:
@@ -864,6 +864,9 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
       checkpoint_every: records (image × run) between appends to ``records.jsonl``.
       settings: :class:`Settings`.
       num_images, seed: for a named source (see :func:`load_source`).
+      tune_source: a separate split (what ``source`` takes) on which each run's box threshold is tuned
+        (its MaxBoxAcc threshold, evaluated in ``out_dir/tune``); the table then adds the box accuracy
+        at that threshold on ``source`` (``box_acc_tuned``), as Choe et al. require.
 
     Returns:
       ``{"summary": {run: {metric: value}}, "classification": {...}, "computed": records computed now,
@@ -883,6 +886,18 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
     metric_names = _check_metrics(metrics)
     opts = _check_options(options, runs)
     out_dir = _make_out_dir(out_dir)
+    tuned = None
+    if tune_source is not None:  # tune each run's box threshold on the other split first
+        tsrc = tune_source if isinstance(tune_source, EvalSource) else load_source(tune_source, num_images=num_images,
+                                                                                   seed=seed + 1)
+        if tsrc.description == src.description and len(tsrc.samples) == len(src.samples):
+            raise InputError(f"the tuning split is the evaluated one ({src.description}); tune on another split "
+                             f"(e.g. composites with another --data-seed)")
+        tune = evaluate(model, tsrc, [r.key for r in runs], None, ("max_box_acc",), opts,
+                        os.path.join(out_dir, "tune"), resume, progress, checkpoint_every,
+                        settings=dataclasses.replace(settings, bootstrap=0, num_examples=0))
+        tuned = ({k: row["max_box_threshold"] for k, row in tune["summary"].items()}, tsrc.description)
+        metric_names = _check_metrics(sorted(set(metric_names) | {"max_box_acc"}))
     config = run_config(model, src, runs, metric_names, opts, settings)
     store = RecordStore(out_dir, config, resume, checkpoint_every)
 
@@ -914,6 +929,8 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
             log.info("done %d/%d: images %d-%d %s (%.2f s/image); %d records on disk", units_done, total,
                      indices[0], indices[-1], run.key, records[0]["seconds"], store.on_disk)
     summary, classification = summarize(store.records.values(), runs, metric_names, settings.bootstrap)
+    if tuned is not None:
+        add_tuned_box_accuracy(summary, store.records.values(), *tuned, bootstrap=settings.bootstrap)
     write_outputs(out_dir, model, src, runs, metric_names, settings, opts, store, summary, classification)
     return {"summary": summary, "classification": classification, "computed": computed, "out_dir": out_dir}
 
@@ -933,6 +950,26 @@ def _make_out_dir(out_dir: str) -> str:
 def _mean(values) -> float | None:
     values = [float(v) for v in values if v is not None]
     return float(np.mean(values)) if values else None
+
+
+def add_tuned_box_accuracy(summary: dict, records: Iterable[dict], thresholds: Mapping[str, float | None],
+                           tuned_on: str, bootstrap: int = 1000) -> None:
+    """Add ``box_acc_tuned`` (with ``_ci``), ``tuned_threshold`` and ``tuned_on`` to every run of ``summary``:
+    the CAM box accuracy of each run's ``max_box_acc`` records at the threshold tuned on another split."""
+    from .metrics import bootstrap_interval
+
+    records = list(records)
+    for key, row in summary.items():
+        t = thresholds.get(key)
+        data = _v1_data([r for r in records if r["run"] == key])
+        row["tuned_threshold"], row["tuned_on"] = t, tuned_on
+        if t is None or not len(data):
+            row["box_acc_tuned"] = None
+            continue
+        j = int(np.argmin(np.abs(MAX_BOX_THRESHOLDS - t)))
+        row["box_acc_tuned"] = float(data[:, j].mean())
+        if bootstrap:
+            row["box_acc_tuned_ci"] = bootstrap_interval(data[:, j].astype(float), n_resamples=bootstrap)
 
 
 def _mean_of(field: str, transform: Callable = float):
@@ -1058,6 +1095,7 @@ _COLUMNS = (  # (summary key, metric, Markdown header)
     ("pointing", "pointing", "pointing ↑"),
     ("box_acc", "box_acc", "box acc @{thr} ↑"),
     ("max_box_acc", "max_box_acc", "MaxBoxAcc ↑ (thr)"),
+    ("box_acc_tuned", "max_box_acc", "box acc @tuned thr ↑ (thr)"),
     ("max_box_acc_v2", "max_box_acc_v2", "MaxBoxAccV2 ↑"),
     ("pxap", "pxap", "PxAP ↑"),
     ("top1_loc_err", "top1_loc", "top-1 loc err ↓"),
@@ -1079,7 +1117,8 @@ def _fmt(value) -> str:
 def results_table(summary: Mapping[str, Mapping], metrics: Sequence[str], settings: Settings) -> str:
     """The Markdown table: a row per run (``method@layer``), a column per metric, 3 decimals, and the 95 %
     bootstrap interval in brackets where the summary has one."""
-    cols = [c for c in _COLUMNS if c[1] in metrics]
+    cols = [c for c in _COLUMNS if c[1] in metrics
+            and (c[0] != "box_acc_tuned" or any("box_acc_tuned" in row for row in summary.values()))]
     protocol = DELETION_PROTOCOLS[settings.deletion_protocol]
     header = ["method @ layer", "images"] + [h.format(thr=f"{settings.box_threshold:g}", protocol=protocol)
                                              for _, _, h in cols]
@@ -1090,6 +1129,8 @@ def results_table(summary: Mapping[str, Mapping], metrics: Sequence[str], settin
             text = _fmt(row.get(name))
             if name == "max_box_acc" and row.get(name) is not None:
                 text += f" ({row['max_box_threshold']:.2f})"
+            if name == "box_acc_tuned" and row.get(name) is not None:
+                text += f" ({row['tuned_threshold']:.2f})"
             if row.get(f"{name}_ci") is not None:
                 text += " [{:.2f}, {:.2f}]".format(*row[f"{name}_ci"])
             cells.append(text)
@@ -1111,9 +1152,15 @@ def results_markdown(model, source: EvalSource, metrics, settings: Settings, opt
         f"Pointing tolerance {settings.pointing_tolerance:g} px; box threshold {settings.box_threshold:g}, "
         f"IoU ≥ {settings.iou:g}; deletion/insertion: {settings.deletion_steps} steps, {_protocol_text(settings)}, "
         f"softmax probability; [low, high]: 95 % bootstrap intervals over images "
-        f"({settings.bootstrap} resamples, seed 0). Method options: {opts}.\n\n"
+        f"({settings.bootstrap} resamples, seed 0). Method options: {opts}.{_tuned_text(summary)}\n\n"
         + results_table(summary, metrics, settings)
     )
+
+
+def _tuned_text(summary: Mapping) -> str:
+    tuned_on = next((row["tuned_on"] for row in summary.values() if row.get("tuned_on")), None)
+    return (f" Tuning: each run's box threshold was chosen on {tuned_on} (its MaxBoxAcc threshold there) and "
+            f"applied here ('box acc @tuned thr')." if tuned_on else "")
 
 
 def _protocol_text(settings: Settings) -> str:
@@ -1132,7 +1179,7 @@ def _csv_value(row: Mapping, name: str):
 
 def _csv_text(summary: Mapping[str, Mapping]) -> str:
     names = ["images", "pointing", "box_acc", "max_box_acc", "max_box_threshold", "top1_loc_err", "deletion_auc",
-             "insertion_auc", "sanity_r"] + [n for n in _SUMMARY_ENTRIES if n not in (
+             "insertion_auc", "sanity_r", "box_acc_tuned", "tuned_threshold"] + [n for n in _SUMMARY_ENTRIES if n not in (
                  "pointing", "box_acc", "max_box_acc", "top1_loc_err", "deletion_auc", "insertion_auc", "sanity_r")]
     present = [n for n in names if any(n in row for row in summary.values())]
     for n in list(present):  # the intervals after the values, as NAME_ci_low, NAME_ci_high
@@ -1251,6 +1298,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=Settings.num_examples, help="images in examples.png")
     p.add_argument("--sanity-top", type=int, default=Settings.sanity_top,
                    help="parameterised units re-initialised for the sanity metric (default 2: head and fc)")
+    p.add_argument("--tune", default=None, metavar="DATA",
+                   help="tune each run's box threshold on this separate split (same forms as --data; 'composites' "
+                        "uses --data-seed + 1) and report the box accuracy at it on --data")
     p.add_argument("--sanity-depth", type=int, default=Settings.sanity_depth,
                    help="units from the logits down that the sanity_layers metric randomises (default 0: all)")
     p.add_argument("--checkpoint-every", type=int, default=16, help="records between checkpoints (default 16)")
@@ -1309,7 +1359,10 @@ def cmd_eval(args) -> int:
     try:
         result = evaluate(model, source, methods=[r.key for r in runs], metrics=metrics, options=options,
                           out_dir=args.out, resume=not args.restart, progress=not args.quiet,
-                          checkpoint_every=args.checkpoint_every, settings=settings)
+                          checkpoint_every=args.checkpoint_every, settings=settings,
+                          tune_source=None if args.tune is None else
+                          load_source(args.tune, num_images=args.num_images, seed=args.data_seed + 1,
+                                      boxes=args.boxes, split=args.split))
     except KeyboardInterrupt:
         done = len(read_records(os.path.join(args.out, RECORDS_FILE)))
         print(f"chipjax: interrupted; {done} results are saved in {args.out}; run the same command to continue",

@@ -269,6 +269,41 @@ def test_new_metrics_in_evaluate_equal_the_metric_functions_on_the_same_maps(lit
     assert "ROAD combined ↑" in md and "deletion AUC ↓ (RISE protocol)" in md and "bootstrap" in md
 
 
+def test_tuned_box_accuracy_hand_made():
+    t = len(E.MAX_BOX_THRESHOLDS)
+    recs = [{"i": 0, "run": "cam@head", "box_ok_at": "1" * 30 + "0" * (t - 30)},
+            {"i": 1, "run": "cam@head", "box_ok_at": "0" * 20 + "1" * (t - 20)},
+            {"i": 2, "run": "cam@head", "box_ok_at": "0" * 25 + "1" * (t - 25)}]
+    summary = {"cam@head": {"images": 3}}
+    E.add_tuned_box_accuracy(summary, recs, {"cam@head": 0.22}, "split B", bootstrap=0)
+    row = summary["cam@head"]
+    assert row["box_acc_tuned"] == pytest.approx(2 / 3) and row["tuned_threshold"] == 0.22  # images 0 and 1 at 0.22
+    E.add_tuned_box_accuracy(summary, recs, {"cam@head": 0.27}, "split B", bootstrap=0)
+    assert summary["cam@head"]["box_acc_tuned"] == 1.0
+
+
+def test_tune_on_a_separate_split(lite0_small, tmp_path):
+    from chipjax import evalsets
+
+    test_split = E.EvalSource(_samples(2), "2 composites (seed 0)", evalsets.acceptable_labels)
+    tune_split = E.EvalSource(evalsets.composite_set(2, seed=1), "2 composites (seed 1)", evalsets.acceptable_labels)
+    settings = E.Settings(batch_size=2, num_examples=0, bootstrap=0)
+    res = E.evaluate(lite0_small, test_split, "gradcam@head", None, "pointing", None, str(tmp_path), progress=False,
+                     settings=settings, tune_source=tune_split)
+    tuned = E.evaluate(lite0_small, tune_split, "gradcam@head", None, "max_box_acc", None, str(tmp_path / "tune"),
+                       progress=False, settings=dataclasses.replace(settings, num_examples=0))
+    row = res["summary"]["gradcam@head"]
+    assert row["tuned_threshold"] == tuned["summary"]["gradcam@head"]["max_box_threshold"]
+    bits = [r["box_ok_at"] for r in E.read_records(str(tmp_path / "records.jsonl"))]
+    j = int(round(row["tuned_threshold"] * 100))
+    assert row["box_acc_tuned"] == pytest.approx(np.mean([b[j] == "1" for b in bits]))
+    md = (tmp_path / "results.md").read_text()
+    assert "chosen on 2 composites (seed 1)" in md and "box acc @tuned thr" in md
+    with pytest.raises(InputError, match="tuning split"):
+        E.evaluate(lite0_small, test_split, "gradcam@head", None, "pointing", None, str(tmp_path / "x"),
+                   progress=False, settings=settings, tune_source=test_split)
+
+
 def test_sanity_metric_randomises_only_the_top_units(lite0_small, tmp_path):
     import jax
 
