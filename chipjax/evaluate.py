@@ -16,11 +16,28 @@ layers, ``refined-chip@blocks.11.expand+blocks.15.expand+head``; RISE works on t
   blob has IoU ≥ 0.5 with a ground-truth box (:func:`chipjax.metrics.localization_correct`).
 * ``max_box_acc``: the same accuracy at the best of the thresholds 0, 0.01, …, 0.99, the threshold
   chosen once for the whole set (:func:`chipjax.metrics.max_box_acc`).
+* ``max_box_acc_v2``: MaxBoxAccV2 (Choe et al. 2020): min-max normalised maps, the best box among all
+  connected components, IoU 0.3, 0.5 and 0.7 each at its best threshold, averaged
+  (:func:`chipjax.metrics.max_box_acc_v2`).
+* ``pxap``: pixel average precision (Choe et al. 2020) where the source has pixel masks: the composites,
+  whose mask is the pasted rectangle (:func:`chipjax.metrics.pxap`); ``–`` elsewhere.
+* ``confidence``: average drop (↓) and increase in confidence (↑) of the target's softmax on image × map
+  (Grad-CAM++; :func:`chipjax.metrics.confidence_change`).
+* ``road`` (not by default): ROAD (Rong et al. 2022) at percentiles 10 … 90: MoRF (↓), LeRF (↑) and
+  pytorch-grad-cam's combined ``(LeRF − MoRF)/2`` (↑) (:func:`chipjax.metrics.road`).
 * ``top1_loc``: top-1 localisation error, ``1 − mean(top-1 right AND box right)``.
 * ``deletion`` / ``insertion``: AUC of the target's softmax probability as pixels are removed / added
-  in the map's order (:func:`chipjax.metrics.deletion_insertion`, blurred baseline, 21 steps).
+  in the map's order (:func:`chipjax.metrics.deletion_insertion`, 21 steps); by default RISE's protocol
+  (deletion to zero = the mean colour, insertion from RISE's blur), ``deletion_protocol="chipjax"`` the first
+  variant (both from the blurred ``baseline``). The table header names the protocol.
+* ``sanity_layers`` (not by default): Adebayo et al.'s sanity check as a curve: every parameterised unit
+  re-initialised from the logits down, cascading and independently; Spearman (of the maps and of their
+  absolute values), SSIM and HOG similarity per unit (``sanity_layers.csv``, a table in ``results.md``).
 * ``sanity`` (not by default): Spearman r between each map and the map of the same run on the model
   whose top ``sanity_top`` parameterised units are re-initialised (lower = the map depends on them).
+
+Every table entry comes with a percentile-bootstrap 95 % interval over the images (``bootstrap``
+resamples, seed 0; set-level metrics such as MaxBoxAcc and PxAP are recomputed on every resample).
 
 Output folder: ``results.md`` (the table), ``results.csv``, ``records.jsonl`` (one line per
 (image, run)), ``run.json`` (the settings), ``timing.csv``, ``deletion.png``/``insertion.png`` (mean
@@ -68,8 +85,10 @@ __all__ = [
     "evaluate", "summarize", "results_table", "add_eval_parser", "cmd_eval", "main",
 ]
 
-METRICS = ("pointing", "box_acc", "max_box_acc", "top1_loc", "deletion", "insertion", "sanity")
-DEFAULT_METRICS = METRICS[:-1]
+METRICS = ("pointing", "box_acc", "max_box_acc", "max_box_acc_v2", "pxap", "top1_loc", "deletion", "insertion",
+           "confidence", "road", "sanity", "sanity_layers")
+DEFAULT_METRICS = tuple(m for m in METRICS if m not in ("road", "sanity", "sanity_layers"))  # slow ones: opt in
+DELETION_PROTOCOLS = {"rise": "RISE protocol", "chipjax": "chipjax v1 protocol"}
 BUNDLED_SETS = ("photos", "composites", "two-object")
 ALL_METHODS = "chip,refined-chip,cam,gradcam,gradcam++,scorecam,ablationcam,rise"
 MAX_BOX_THRESHOLDS = np.arange(0.0, 1.0, 0.01)
@@ -91,9 +110,13 @@ class Settings:
       deletion_steps: points on the deletion/insertion curves (fractions 0, 1/(T-1), …, 1).
       baseline: what deleted pixels become: ``blur`` or ``constant`` (0 = the mean colour).
       batch_size: images explained together (fixes the units of work; part of the results' identity).
-      score_batch: images per forward pass in deletion/insertion.
+      score_batch: images per forward pass of ``confidence`` and ``road`` (deletion/insertion scores the
+        batch's images at every step in one jitted call).
       num_examples: images drawn in ``examples.png``.
       sanity_top: parameterised units, counted from the output, re-initialised for ``sanity``.
+      deletion_protocol: ``rise`` (RISE's reference) or ``chipjax`` (the first variant, ``baseline`` both ways).
+      bootstrap: resamples of the 95 % intervals (0: no intervals).
+      sanity_depth: units, from the logits down, that ``sanity_layers`` randomises one after another (0: all).
     """
 
     box_threshold: float = 0.2
@@ -105,6 +128,9 @@ class Settings:
     score_batch: int = 64
     num_examples: int = 4
     sanity_top: int = 2
+    deletion_protocol: str = "rise"
+    bootstrap: int = 1000
+    sanity_depth: int = 0
 
     def check(self) -> "Settings":
         if not 0.0 <= self.box_threshold <= 1.0:
@@ -115,6 +141,12 @@ class Settings:
             raise InputError(f"pointing tolerance must be >= 0 pixels, got {self.pointing_tolerance}")
         if self.deletion_steps < 2:
             raise InputError(f"deletion/insertion curves need at least 2 steps, got {self.deletion_steps}")
+        if self.deletion_protocol not in DELETION_PROTOCOLS:
+            raise InputError(f"deletion protocol must be one of {', '.join(DELETION_PROTOCOLS)}, got {self.deletion_protocol!r}")
+        if self.sanity_depth < 0:
+            raise InputError(f"sanity depth must be >= 0 units (0: all), got {self.sanity_depth}")
+        if self.bootstrap < 0:
+            raise InputError(f"bootstrap resamples must be >= 0 (0: no intervals), got {self.bootstrap}")
         if self.baseline not in ("blur", "constant"):
             raise InputError(f"baseline must be 'blur' or 'constant', got {self.baseline!r}")
         for name in ("batch_size", "score_batch"):
@@ -205,11 +237,14 @@ class EvalSource:
       samples: a sequence of :class:`chipjax.data.Sample` (loaded on access).
       description: what they are, e.g. ``"composites(n=60, seed=0)"``.
       accept: label -> every class index that counts as a right prediction for it.
+      boxes_are_masks: the boxes are the objects' exact pixel regions (composites: the pasted rectangles),
+        so ``pxap`` can be measured.
     """
 
     samples: Sequence
     description: str
     accept: Callable[[int], tuple[int, ...]]
+    boxes_are_masks: bool = False
 
 
 def _exact_label(label: int) -> tuple[int, ...]:
@@ -252,12 +287,12 @@ def load_source(spec, num_images: int | None = None, seed: int = 0, boxes: str |
     if spec == "composites":
         n = 200 if num_images is None else int(num_images)
         return EvalSource(_first(evalsets.composite_set(n, seed=seed), n), f"composites(seed={seed})",
-                          evalsets.acceptable_labels)
+                          evalsets.acceptable_labels, boxes_are_masks=True)
     if spec == "two-object":
         n = 100 if num_images is None else int(num_images)
         canvases = max(1, math.ceil(n / 2))
         return EvalSource(_first(evalsets.two_object_composites(canvases, seed=seed), n),
-                          f"two-object(seed={seed})", evalsets.acceptable_labels)
+                          f"two-object(seed={seed})", evalsets.acceptable_labels, boxes_are_masks=True)
     if spec.startswith("tfds:"):
         source = data.tfds_source(spec[5:], split=split)
         return EvalSource(_first(source, num_images), f"tfds {spec[5:]} {split}", _exact_label)
@@ -346,15 +381,8 @@ def _cached_transform(view: Callable, h: int, w: int):
 
 
 # ------------------------------------------------------------------------------------- models
-def randomized_model(model, top: int, seed: int = 0):
-    """``model`` with its top ``top`` parameterised units re-initialised from ``seed`` (cascading
-    randomisation of Adebayo et al.), via :func:`chipjax.metrics.randomize_top_layers`."""
-    import jax
-    import jax.numpy as jnp
-
-    from .metrics import randomize_top_layers
-    from .models.base import Model
-
+def parameterised_units(model) -> tuple[list[str], dict[str, int]]:
+    """The variable keys of ``model``'s parameterised units, input to output, and each key's unit index."""
     present = {key for tree in model.variables.values() for key in tree}
     keys, first_unit = [], {}
     for index, unit in enumerate(model.spec.units):
@@ -363,6 +391,21 @@ def randomized_model(model, top: int, seed: int = 0):
                 keys.append(key)
                 first_unit[key] = index
                 break
+    return keys, first_unit
+
+
+def randomized_model(model, top: int, seed: int = 0, independent: bool = False):
+    """``model`` with its top ``top`` parameterised units re-initialised from ``seed`` (cascading
+    randomisation of Adebayo et al.), via :func:`chipjax.metrics.randomize_top_layers`; with
+    ``independent`` only the ``top``-th unit from the output (independent randomisation,
+    :func:`chipjax.metrics.randomize_layers`)."""
+    import jax
+    import jax.numpy as jnp
+
+    from .metrics import randomize_layers, randomize_top_layers
+    from .models.base import Model
+
+    keys, first_unit = parameterised_units(model)
     top = min(int(top), len(keys))
     start = first_unit[keys[len(keys) - top]]
     # initialise only units[start:], on an input shaped like their input: cheap even for a big network
@@ -371,8 +414,77 @@ def randomized_model(model, top: int, seed: int = 0):
     inner = jax.eval_shape(lambda v, a: module.apply(v, a, start=0, stop=start), model.variables, x)
     init = jax.jit(lambda key, a: module.init(key, a, start=start, stop=None))
     fresh = init(jax.random.PRNGKey(seed), jnp.zeros(inner.shape, inner.dtype))
+    if independent:
+        variables = randomize_layers(model.variables, fresh, [keys[len(keys) - top]])
+        return Model(model.spec, variables, f"{model.weights}, unit {keys[len(keys) - top]} re-initialised (seed {seed})")
     variables = randomize_top_layers(model.variables, fresh, keys, top)
     return Model(model.spec, variables, f"{model.weights}, top {top} units re-initialised (seed {seed})")
+
+
+SANITY_MODES = ("cascading", "independent")
+SANITY_SIMILARITIES = ("spearman", "spearman_abs", "ssim", "hog")
+
+
+class SanityModels:
+    """Randomised copies of a model for the per-layer sanity check, made once each when first asked for:
+    ``get(mode, n)`` is the model with its top ``n`` units (cascading) or its ``n``-th unit from the output
+    (independent) re-initialised (seed 0)."""
+
+    def __init__(self, model, depth: int = 0):
+        self.model = model
+        self.keys = parameterised_units(model)[0][::-1]  # from the logits down
+        self.keys = self.keys[:depth] if depth else self.keys
+        self._made: dict = {}
+
+    def get(self, mode: str, n: int):
+        if (mode, n) not in self._made:
+            self._made[(mode, n)] = randomized_model(self.model, n, independent=(mode == "independent"))
+        return self._made[(mode, n)]
+
+
+def _sanity_layer_records(model_maps: np.ndarray, batch, run, options, sanity: "SanityModels") -> list[dict]:
+    """Per image: ``{mode: [[unit key, [spearman, spearman_abs, ssim, hog]], ...]}``, units from the logits down
+    (a list, so the order survives the JSON records)."""
+    from . import metrics as M
+
+    out = [{mode: [] for mode in SANITY_MODES} for _ in range(len(model_maps))]
+    for mode in SANITY_MODES:
+        for n, key in enumerate(sanity.keys, start=1):
+            sims = M.map_similarities(model_maps, _maps(sanity.get(mode, n), batch, run, options))
+            for b in range(len(model_maps)):
+                out[b][mode].append([key, [round(float(sims[k][b]), 6) for k in SANITY_SIMILARITIES]])
+    return out
+
+
+def sanity_layer_table(records: Iterable[dict], runs: Sequence[Run]) -> tuple[str, str]:
+    """The per-layer sanity check as (Markdown, CSV): for every run and mode, the mean of each similarity
+    over the images at every randomised unit, from the logits down (a curve: left = only the top changed)."""
+    rows = []
+    for run in runs:
+        recs = [r["sanity_layers"] for r in records if r["run"] == run.key and r.get("sanity_layers")]
+        if not recs:
+            continue
+        for mode in SANITY_MODES:
+            units = [u for u, _ in recs[0][mode]]
+            means = np.mean([[v for _, v in rec[mode]] for rec in recs], axis=0)  # (units, 4)
+            rows.append((run.key, mode, units, means, len(recs)))
+    if not rows:
+        return "", ""
+    csv_lines = ["run,mode,depth,unit,images," + ",".join(SANITY_SIMILARITIES)]
+    md = []
+    for key, mode, units, means, n in rows:
+        for depth, (u, m) in enumerate(zip(units, means), start=1):
+            csv_lines.append(f"{key},{mode},{depth},{u},{n}," + ",".join(f"{v:.6f}" for v in m))
+    units = rows[0][2]
+    md.append("| method @ layer | randomisation | " + " | ".join(units) + " |")
+    md.append("|---|---|" + "---:|" * len(units))
+    for key, mode, u, means, n in rows:
+        md.append(f"| {key} | {mode} | " + " | ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(means[:, 0], means[:, 2])) + " |")
+    text = ("\n## Sanity check by layer (Adebayo et al.)\n\nSpearman r / SSIM between each map and the map of the "
+            "model whose units are re-initialised from the logits down (cascading: every unit up to this one; "
+            "independent: this unit alone); near 0 = the map depends on those weights. All four similarities "
+            "(Spearman, Spearman of |maps|, SSIM, HOG) are in sanity_layers.csv.\n\n" + "\n".join(md) + "\n")
+    return text, "\n".join(csv_lines) + "\n"
 
 
 _SCORERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -390,6 +502,20 @@ def softmax_scorer(model) -> Callable[[np.ndarray], np.ndarray]:
     return _SCORERS[model]
 
 
+_PROB_FNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def softmax_fn(model) -> Callable:
+    """The jax-traceable ``images (n, S, S, 3) -> softmax (n, C)`` of ``model``, one function object per model
+    (so :func:`chipjax.metrics.deletion_insertion_batched` reuses its compiled program)."""
+    import jax
+
+    if model not in _PROB_FNS:
+        module, variables = model.module, model.variables
+        _PROB_FNS[model] = lambda images: jax.nn.softmax(module.apply(variables, images), axis=-1)
+    return _PROB_FNS[model]
+
+
 # ----------------------------------------------------------------------------------- the work
 @dataclasses.dataclass
 class _Batch:
@@ -405,10 +531,13 @@ class _Batch:
     top1_ok: list[bool | None]
     top5_ok: list[bool | None]
     boxes: list[np.ndarray]       # (G, 4) in view pixels
+    masks: list | None = None     # (S, S) bool object pixels, where the source has them
 
 
 def _prepare_batch(model, source: EvalSource, indices: Sequence[int]) -> _Batch:
     import jax.numpy as jnp
+
+    from . import metrics as M
 
     samples = [source.samples[i] for i in indices]
     views = [model.view(s.image) for s in samples]
@@ -423,7 +552,8 @@ def _prepare_batch(model, source: EvalSource, indices: Sequence[int]) -> _Batch:
         ok1.append(None if accepted is None else bool(int(top5[b, 0]) in accepted))
         ok5.append(None if accepted is None else bool(any(int(c) in accepted for c in top5[b])))
     boxes = [boxes_in_view(s.boxes, s.image.shape[:2], model.spec.view) for s in samples]
-    return _Batch(list(indices), [str(s.name) for s in samples], views, x, labels, targets, top5, ok1, ok5, boxes)
+    masks = [M.boxes_to_mask(b, v.shape[:2]) for b, v in zip(boxes, views)] if source.boxes_are_masks else None
+    return _Batch(list(indices), [str(s.name) for s in samples], views, x, labels, targets, top5, ok1, ok5, boxes, masks)
 
 
 def _maps(model, batch: _Batch, run: Run, options: Mapping) -> np.ndarray:
@@ -434,8 +564,28 @@ def _maps(model, batch: _Batch, run: Run, options: Mapping) -> np.ndarray:
     return np.asarray(maps, np.float32)
 
 
+def _bit_string(bits) -> str:
+    return "".join("1" if a else "0" for a in np.asarray(bits).reshape(-1))
+
+
+def _sparse_histogram(hist: np.ndarray) -> list[list[int]]:
+    """``(2, nbins)`` PxAP counts -> ``[[bin, object count, background count], ...]`` of the non-empty bins."""
+    nonzero = np.flatnonzero(hist.sum(axis=0))
+    return [[int(k), int(hist[0, k]), int(hist[1, k])] for k in nonzero]
+
+
+def _dense_histograms(rows: Sequence[dict]) -> np.ndarray:
+    """The records' sparse PxAP histograms as ``(n, 2, nbins)`` (bin width 0.001, as :func:`~chipjax.metrics.pxap`)."""
+    nbins = 1002
+    out = np.zeros((len(rows), 2, nbins), np.int64)
+    for i, r in enumerate(rows):
+        for k, pos, neg in r["pxap_hist"]:
+            out[i, 0, k], out[i, 1, k] = pos, neg
+    return out
+
+
 def _unit_records(model, batch: _Batch, run: Run, metrics: Sequence[str], options: Mapping, settings: Settings,
-                  scorer, random_model) -> tuple[list[dict], np.ndarray]:
+                  scorer, random_model, sanity: "SanityModels | None" = None) -> tuple[list[dict], np.ndarray]:
     """Records of one (batch, run) unit, and its maps ``(B, S, S)``."""
     from . import metrics as M
 
@@ -457,20 +607,41 @@ def _unit_records(model, batch: _Batch, run: Run, metrics: Sequence[str], option
         if "max_box_acc" in metrics:
             acc = M.max_box_acc(maps[b:b + 1], [batch.boxes[b]], MAX_BOX_THRESHOLDS, settings.iou)["accuracy"]
             rec["box_ok_at"] = "".join("1" if a else "0" for a in acc) if has_box else None
+        if "max_box_acc_v2" in metrics:
+            best = M.best_ious_all_components(maps[b], batch.boxes[b], MAX_BOX_THRESHOLDS)
+            rec["box_v2_ok_at"] = [_bit_string(best >= iou) for iou in M.V2_IOUS] if has_box else None
+        if "pxap" in metrics and batch.masks is not None and batch.masks[b].any():
+            rec["pxap_hist"] = _sparse_histogram(M.pxap_histograms(maps[b:b + 1], batch.masks[b][None])[0])
         records.append(rec)
     if "deletion" in metrics or "insertion" in metrics:
-        di = M.deletion_insertion(scorer, np.asarray(batch.x), maps, batch.targets, steps=settings.deletion_steps,
-                                  baseline=settings.baseline,
-                                  batch=min(settings.score_batch, 2 * settings.deletion_steps * settings.batch_size))
+        # B images x steps x 2 modes in one jitted call on the device
+        di = M.deletion_insertion_batched(softmax_fn(model), np.asarray(batch.x), maps, batch.targets,
+                                          steps=settings.deletion_steps, baseline=settings.baseline,
+                                          protocol=settings.deletion_protocol)
         for b, rec in enumerate(records):
             rec["deletion_auc"] = float(di["deletion_auc"][b])
             rec["insertion_auc"] = float(di["insertion_auc"][b])
             rec["deletion_curve"] = [float(v) for v in di["curves"]["deletion"][b]]
             rec["insertion_curve"] = [float(v) for v in di["curves"]["insertion"][b]]
+    if "confidence" in metrics:
+        cc = M.confidence_change(scorer, np.asarray(batch.x), maps, batch.targets,
+                                 batch=min(settings.score_batch, len(records)))
+        for b, rec in enumerate(records):
+            rec["avg_drop"], rec["conf_increase"] = float(cc["drop"][b]), bool(cc["increase"][b])
+    if "road" in metrics:
+        rd = M.road(scorer, np.asarray(batch.x), maps, batch.targets,
+                    batch=min(settings.score_batch, 2 * len(M.ROAD_PERCENTILES) * len(records)),
+                    seed=int(batch.indices[0]))
+        for b, rec in enumerate(records):
+            rec["road_morf"], rec["road_lerf"] = float(rd["morf_mean"][b]), float(rd["lerf_mean"][b])
+            rec["road_combined"] = float(rd["combined"][b])
     if "sanity" in metrics:
         r = M.rank_correlations(maps, _maps(random_model, batch, run, options))
         for b, rec in enumerate(records):
             rec["sanity_r"] = float(r[b])
+    if "sanity_layers" in metrics:
+        for rec, layers in zip(records, _sanity_layer_records(maps, batch, run, options, sanity)):
+            rec["sanity_layers"] = layers
     seconds = (time.perf_counter() - t0) / len(records)
     for rec in records:
         rec["seconds"] = round(seconds, 4)
@@ -668,14 +839,14 @@ def run_config(model, source: EvalSource, runs, metrics, options, settings: Sett
         "runs": [r.key for r in runs],
         "metrics": list(metrics),
         "options": options,
-        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "num_examples"},
+        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("num_examples", "bootstrap")},
     }
 
 
 def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, layers=None, metrics=DEFAULT_METRICS,
              options: Mapping[str, Mapping] | None = None, out_dir: str = "chipjax_eval", resume: bool = True,
              progress: bool = True, checkpoint_every: int = 16, *, settings: Settings | None = None,
-             num_images: int | None = None, seed: int = 0) -> dict:
+             num_images: int | None = None, seed: int = 0, tune_source=None) -> dict:
     """Evaluate ``methods`` × ``layers`` on ``source`` with ``metrics``; write the table and plots to ``out_dir``.
 
     Args:
@@ -693,6 +864,9 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
       checkpoint_every: records (image × run) between appends to ``records.jsonl``.
       settings: :class:`Settings`.
       num_images, seed: for a named source (see :func:`load_source`).
+      tune_source: a separate split (what ``source`` takes) on which each run's box threshold is tuned
+        (its MaxBoxAcc threshold, evaluated in ``out_dir/tune``); the table then adds the box accuracy
+        at that threshold on ``source`` (``box_acc_tuned``), as Choe et al. require.
 
     Returns:
       ``{"summary": {run: {metric: value}}, "classification": {...}, "computed": records computed now,
@@ -712,6 +886,18 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
     metric_names = _check_metrics(metrics)
     opts = _check_options(options, runs)
     out_dir = _make_out_dir(out_dir)
+    tuned = None
+    if tune_source is not None:  # tune each run's box threshold on the other split first
+        tsrc = tune_source if isinstance(tune_source, EvalSource) else load_source(tune_source, num_images=num_images,
+                                                                                   seed=seed + 1)
+        if tsrc.description == src.description and len(tsrc.samples) == len(src.samples):
+            raise InputError(f"the tuning split is the evaluated one ({src.description}); tune on another split "
+                             f"(e.g. composites with another --data-seed)")
+        tune = evaluate(model, tsrc, [r.key for r in runs], None, ("max_box_acc",), opts,
+                        os.path.join(out_dir, "tune"), resume, progress, checkpoint_every,
+                        settings=dataclasses.replace(settings, bootstrap=0, num_examples=0))
+        tuned = ({k: row["max_box_threshold"] for k, row in tune["summary"].items()}, tsrc.description)
+        metric_names = _check_metrics(sorted(set(metric_names) | {"max_box_acc"}))
     config = run_config(model, src, runs, metric_names, opts, settings)
     store = RecordStore(out_dir, config, resume, checkpoint_every)
 
@@ -720,9 +906,10 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
     todo = [(b, run) for b in batches for run in runs if not store.done(b, run)]
     total = len(batches) * len(runs)
     log.info("%s: %d of %d units (batch × run) already done in %s", src.description, total - len(todo), total, out_dir)
-    needs_scores = any(m in metric_names for m in ("deletion", "insertion"))
+    needs_scores = any(m in metric_names for m in ("deletion", "insertion", "confidence", "road"))
     scorer = softmax_scorer(model) if needs_scores and todo else None
     random_model = randomized_model(model, settings.sanity_top) if "sanity" in metric_names and todo else None
+    sanity = SanityModels(model, settings.sanity_depth) if "sanity_layers" in metric_names and todo else None
     os.makedirs(os.path.join(out_dir, EXAMPLES_DIR), exist_ok=True)
     computed = 0
     units_done = total - len(todo)
@@ -731,7 +918,8 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
         for indices, run in progress_bar(todo, desc=f"eval {src.description}", total=len(todo), enable=progress):
             if current is None or current.indices != indices:
                 current = _prepare_batch(model, src, indices)
-            records, maps = _unit_records(model, current, run, metric_names, opts, settings, scorer, random_model)
+            records, maps = _unit_records(model, current, run, metric_names, opts, settings, scorer, random_model,
+                                          sanity)
             for b, i in enumerate(indices):
                 if i < settings.num_examples:
                     _save_example(_example_path(out_dir, i, run), maps[b])
@@ -740,7 +928,9 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
             units_done += 1
             log.info("done %d/%d: images %d-%d %s (%.2f s/image); %d records on disk", units_done, total,
                      indices[0], indices[-1], run.key, records[0]["seconds"], store.on_disk)
-    summary, classification = summarize(store.records.values(), runs, metric_names)
+    summary, classification = summarize(store.records.values(), runs, metric_names, settings.bootstrap)
+    if tuned is not None:
+        add_tuned_box_accuracy(summary, store.records.values(), *tuned, bootstrap=settings.bootstrap)
     write_outputs(out_dir, model, src, runs, metric_names, settings, opts, store, summary, classification)
     return {"summary": summary, "classification": classification, "computed": computed, "out_dir": out_dir}
 
@@ -762,13 +952,99 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize(records: Iterable[dict], runs: Sequence[Run], metrics: Sequence[str]) -> tuple[dict, dict]:
+def add_tuned_box_accuracy(summary: dict, records: Iterable[dict], thresholds: Mapping[str, float | None],
+                           tuned_on: str, bootstrap: int = 1000) -> None:
+    """Add ``box_acc_tuned`` (with ``_ci``), ``tuned_threshold`` and ``tuned_on`` to every run of ``summary``:
+    the CAM box accuracy of each run's ``max_box_acc`` records at the threshold tuned on another split."""
+    from .metrics import bootstrap_interval
+
+    records = list(records)
+    for key, row in summary.items():
+        t = thresholds.get(key)
+        data = _v1_data([r for r in records if r["run"] == key])
+        row["tuned_threshold"], row["tuned_on"] = t, tuned_on
+        if t is None or not len(data):
+            row["box_acc_tuned"] = None
+            continue
+        j = int(np.argmin(np.abs(MAX_BOX_THRESHOLDS - t)))
+        row["box_acc_tuned"] = float(data[:, j].mean())
+        if bootstrap:
+            row["box_acc_tuned_ci"] = bootstrap_interval(data[:, j].astype(float), n_resamples=bootstrap)
+
+
+def _mean_of(field: str, transform: Callable = float):
+    def data(rows):
+        return np.array([transform(r[field]) for r in rows if r.get(field) is not None], np.float64)
+    return data, lambda d: float(np.mean(d))
+
+
+def _v2_data(rows):
+    return np.array([[[c == "1" for c in bits] for bits in r["box_v2_ok_at"]] for r in rows if r.get("box_v2_ok_at")],
+                    bool).reshape(-1, 3, len(MAX_BOX_THRESHOLDS))
+
+
+def _top1_loc_data(rows):
+    return np.array([1.0 - float(r["box_ok"] and r["top1_ok"]) for r in rows
+                     if r.get("box_ok") is not None and r.get("top1_ok") is not None], np.float64)
+
+
+def _v1_data(rows):
+    return np.array([[c == "1" for c in r["box_ok_at"]] for r in rows if r.get("box_ok_at")],
+                    bool).reshape(-1, len(MAX_BOX_THRESHOLDS))
+
+
+# summary entry: (metric, per-image data of the rows (n, ...), statistic of such data -> float). One mechanism gives
+# both the table's value and its bootstrap interval (set-level statistics are recomputed on every resample).
+_SUMMARY_ENTRIES: dict[str, tuple[str, Callable, Callable]] = {
+    "pointing": ("pointing",) + _mean_of("pointing"),
+    "box_acc": ("box_acc",) + _mean_of("box_ok"),
+    "max_box_acc": ("max_box_acc", _v1_data, lambda d: float(d.mean(axis=0).max())),
+    "max_box_acc_v2": ("max_box_acc_v2", _v2_data, lambda d: float(d.mean(axis=0).max(axis=1).mean())),
+    "pxap": ("pxap", lambda rows: _dense_histograms([r for r in rows if r.get("pxap_hist")]),
+             lambda d: _pxap_of_histograms(d)),
+    "top1_loc_err": ("top1_loc", _top1_loc_data, lambda d: float(np.mean(d))),
+    "deletion_auc": ("deletion",) + _mean_of("deletion_auc"),
+    "insertion_auc": ("insertion",) + _mean_of("insertion_auc"),
+    "avg_drop": ("confidence",) + _mean_of("avg_drop"),
+    "conf_increase": ("confidence",) + _mean_of("conf_increase"),
+    "road_morf": ("road",) + _mean_of("road_morf"),
+    "road_lerf": ("road",) + _mean_of("road_lerf"),
+    "road_combined": ("road",) + _mean_of("road_combined"),
+    "sanity_r": ("sanity",) + _mean_of("sanity_r"),
+}
+
+
+def _pxap_of_histograms(hists: np.ndarray) -> float:
+    from .metrics import pxap_from_histograms
+
+    return pxap_from_histograms(hists)["pxap"]
+
+
+def summary_intervals(rows: Sequence[dict], metrics: Sequence[str], resamples: int = 1000, seed: int = 0) -> dict:
+    """``{entry_ci: (low, high)}``: percentile-bootstrap 95 % intervals over the images of one run's records,
+    for every summary entry of ``metrics`` that has data (:func:`chipjax.metrics.bootstrap_interval`)."""
+    from .metrics import bootstrap_interval
+
+    out = {}
+    if resamples < 1:
+        return out
+    for name, (metric, data_fn, stat) in _SUMMARY_ENTRIES.items():
+        if metric in metrics:
+            data = data_fn(rows)
+            if len(data):
+                out[f"{name}_ci"] = bootstrap_interval(data, stat, n_resamples=resamples, seed=seed)
+    return out
+
+
+def summarize(records: Iterable[dict], runs: Sequence[Run], metrics: Sequence[str],
+              bootstrap: int = 1000) -> tuple[dict, dict]:
     """Per-run means of the per-image records, and the classification errors.
 
     Returns:
       ``({run_key: {"images", "pointing", "box_acc", "max_box_acc", "max_box_threshold", "top1_loc_err",
-      "deletion_auc", "insertion_auc", "sanity_r"}}, {"images", "top1_err", "top5_err"})``: the
-      metrics asked for, each ``None`` when no image could be scored.
+      "deletion_auc", "insertion_auc", "sanity_r", "max_box_acc_v2", "pxap", "avg_drop", "conf_increase",
+      "road_*"}}, {"images", "top1_err", "top5_err"})``: the metrics asked for, each ``None`` when no image
+      could be scored, and ``NAME_ci`` ``(low, high)`` 95 % intervals (``bootstrap`` resamples; 0: none).
     """
     by_run: dict[str, list[dict]] = {r.key: [] for r in runs}
     for rec in records:
@@ -799,6 +1075,11 @@ def summarize(records: Iterable[dict], runs: Sequence[Run], metrics: Sequence[st
             row["insertion_auc"] = _mean(r.get("insertion_auc") for r in rows)
         if "sanity" in metrics:
             row["sanity_r"] = _mean(r.get("sanity_r") for r in rows)
+        for name, (metric, data_fn, stat) in _SUMMARY_ENTRIES.items():
+            if metric in metrics and name not in row:
+                data = data_fn(rows)
+                row[name] = stat(data) if len(data) else None
+        row.update(summary_intervals(rows, metrics, bootstrap))
         summary[key] = row
     first = next((rows for rows in by_run.values() if rows), [])
     labelled = [r for r in first if r.get("top1_ok") is not None]
@@ -814,9 +1095,17 @@ _COLUMNS = (  # (summary key, metric, Markdown header)
     ("pointing", "pointing", "pointing ↑"),
     ("box_acc", "box_acc", "box acc @{thr} ↑"),
     ("max_box_acc", "max_box_acc", "MaxBoxAcc ↑ (thr)"),
+    ("box_acc_tuned", "max_box_acc", "box acc @tuned thr ↑ (thr)"),
+    ("max_box_acc_v2", "max_box_acc_v2", "MaxBoxAccV2 ↑"),
+    ("pxap", "pxap", "PxAP ↑"),
     ("top1_loc_err", "top1_loc", "top-1 loc err ↓"),
-    ("deletion_auc", "deletion", "deletion AUC ↓"),
-    ("insertion_auc", "insertion", "insertion AUC ↑"),
+    ("deletion_auc", "deletion", "deletion AUC ↓ ({protocol})"),
+    ("insertion_auc", "insertion", "insertion AUC ↑ ({protocol})"),
+    ("avg_drop", "confidence", "avg drop ↓"),
+    ("conf_increase", "confidence", "increase in conf. ↑"),
+    ("road_morf", "road", "ROAD MoRF ↓"),
+    ("road_lerf", "road", "ROAD LeRF ↑"),
+    ("road_combined", "road", "ROAD combined ↑"),
     ("sanity_r", "sanity", "sanity r ↓"),
 )
 
@@ -826,9 +1115,13 @@ def _fmt(value) -> str:
 
 
 def results_table(summary: Mapping[str, Mapping], metrics: Sequence[str], settings: Settings) -> str:
-    """The Markdown table: a row per run (``method@layer``), a column per metric, 3 decimals."""
-    cols = [c for c in _COLUMNS if c[1] in metrics]
-    header = ["method @ layer", "images"] + [h.format(thr=f"{settings.box_threshold:g}") for _, _, h in cols]
+    """The Markdown table: a row per run (``method@layer``), a column per metric, 3 decimals, and the 95 %
+    bootstrap interval in brackets where the summary has one."""
+    cols = [c for c in _COLUMNS if c[1] in metrics
+            and (c[0] != "box_acc_tuned" or any("box_acc_tuned" in row for row in summary.values()))]
+    protocol = DELETION_PROTOCOLS[settings.deletion_protocol]
+    header = ["method @ layer", "images"] + [h.format(thr=f"{settings.box_threshold:g}", protocol=protocol)
+                                             for _, _, h in cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for key, row in summary.items():
         cells = [key, str(row["images"])]
@@ -836,6 +1129,10 @@ def results_table(summary: Mapping[str, Mapping], metrics: Sequence[str], settin
             text = _fmt(row.get(name))
             if name == "max_box_acc" and row.get(name) is not None:
                 text += f" ({row['max_box_threshold']:.2f})"
+            if name == "box_acc_tuned" and row.get(name) is not None:
+                text += f" ({row['tuned_threshold']:.2f})"
+            if row.get(f"{name}_ci") is not None:
+                text += " [{:.2f}, {:.2f}]".format(*row[f"{name}_ci"])
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -853,22 +1150,47 @@ def results_markdown(model, source: EvalSource, metrics, settings: Settings, opt
         f"Model {model.name} ({model.weights}); {len(source.samples)} images; {cls_text}.\n"
         f"Maps explain the ground-truth class; boxes are compared in the network's {model.input_size}px view. "
         f"Pointing tolerance {settings.pointing_tolerance:g} px; box threshold {settings.box_threshold:g}, "
-        f"IoU ≥ {settings.iou:g}; deletion/insertion: {settings.deletion_steps} steps, {settings.baseline} baseline, "
-        f"softmax probability. Method options: {opts}.\n\n"
+        f"IoU ≥ {settings.iou:g}; deletion/insertion: {settings.deletion_steps} steps, {_protocol_text(settings)}, "
+        f"softmax probability; [low, high]: 95 % bootstrap intervals over images "
+        f"({settings.bootstrap} resamples, seed 0). Method options: {opts}.{_tuned_text(summary)}\n\n"
         + results_table(summary, metrics, settings)
     )
 
 
+def _tuned_text(summary: Mapping) -> str:
+    tuned_on = next((row["tuned_on"] for row in summary.values() if row.get("tuned_on")), None)
+    return (f" Tuning: each run's box threshold was chosen on {tuned_on} (its MaxBoxAcc threshold there) and "
+            f"applied here ('box acc @tuned thr')." if tuned_on else "")
+
+
+def _protocol_text(settings: Settings) -> str:
+    if settings.deletion_protocol == "rise":
+        return "RISE protocol (deletion to zero, insertion from RISE's blur)"
+    return f"chipjax v1 protocol ({settings.baseline} baseline both ways)"
+
+
+def _csv_value(row: Mapping, name: str):
+    for end, side in (("_ci_low", 0), ("_ci_high", 1)):
+        if name.endswith(end):
+            ci = row.get(name[: -len(end)] + "_ci")
+            return None if ci is None else ci[side]
+    return row.get(name)
+
+
 def _csv_text(summary: Mapping[str, Mapping]) -> str:
     names = ["images", "pointing", "box_acc", "max_box_acc", "max_box_threshold", "top1_loc_err", "deletion_auc",
-             "insertion_auc", "sanity_r"]
+             "insertion_auc", "sanity_r", "box_acc_tuned", "tuned_threshold"] + [n for n in _SUMMARY_ENTRIES if n not in (
+                 "pointing", "box_acc", "max_box_acc", "top1_loc_err", "deletion_auc", "insertion_auc", "sanity_r")]
     present = [n for n in names if any(n in row for row in summary.values())]
+    for n in list(present):  # the intervals after the values, as NAME_ci_low, NAME_ci_high
+        if any(f"{n}_ci" in row for row in summary.values()):
+            present += [f"{n}_ci_low", f"{n}_ci_high"]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["run", "method", "layer"] + present)
     for key, row in summary.items():
         method, _, layer = key.partition("@")
-        values = [row.get(n) for n in present]
+        values = [_csv_value(row, n) for n in present]
         writer.writerow([key, method, layer] + ["" if v is None else (v if isinstance(v, int) else f"{v:.6f}")
                                                 for v in values])
     return out.getvalue()
@@ -888,8 +1210,12 @@ def write_outputs(out_dir, model, source, runs, metrics, settings, options, stor
     """results.md, results.csv, timing.csv, curve plots and the examples grid."""
     from . import viz
 
+    sanity_md, sanity_csv = sanity_layer_table(store.records.values(), runs) if "sanity_layers" in metrics else ("", "")
     _atomic_write(os.path.join(out_dir, "results.md"),
-                  results_markdown(model, source, metrics, settings, options, summary, classification).encode())
+                  (results_markdown(model, source, metrics, settings, options, summary, classification)
+                   + sanity_md).encode())
+    if sanity_csv:
+        _atomic_write(os.path.join(out_dir, "sanity_layers.csv"), sanity_csv.encode())
     _atomic_write(os.path.join(out_dir, "results.csv"), _csv_text(summary).encode())
     _atomic_write(os.path.join(out_dir, "timing.csv"), _timing_text(store.records.values(), runs).encode())
     records = list(store.records.values())
@@ -960,12 +1286,23 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="any method option, e.g. scorecam.chunk_size=32 (repeatable; VALUE read as JSON)")
     p.add_argument("--batch-size", type=int, default=Settings.batch_size, help="images explained together")
     p.add_argument("--steps", type=int, default=Settings.deletion_steps, help="deletion/insertion curve points")
-    p.add_argument("--baseline", default=Settings.baseline, help="deletion/insertion baseline: blur | constant")
+    p.add_argument("--baseline", default=Settings.baseline,
+                   help="baseline of the chipjax deletion/insertion protocol: blur | constant")
+    p.add_argument("--deletion-protocol", default=Settings.deletion_protocol,
+                   help="deletion/insertion: rise (RISE's reference: deletion to zero, insertion from a blur; default) "
+                        "| chipjax (the first variant: --baseline both ways)")
+    p.add_argument("--bootstrap", type=int, default=Settings.bootstrap,
+                   help="bootstrap resamples of the 95%% intervals in the table (default 1000; 0: none)")
     p.add_argument("--threshold", type=float, default=Settings.box_threshold, help="CAM box threshold (default 0.2)")
     p.add_argument("--tolerance", type=float, default=Settings.pointing_tolerance, help="pointing-game tolerance, px")
     p.add_argument("--examples", type=int, default=Settings.num_examples, help="images in examples.png")
     p.add_argument("--sanity-top", type=int, default=Settings.sanity_top,
                    help="parameterised units re-initialised for the sanity metric (default 2: head and fc)")
+    p.add_argument("--tune", default=None, metavar="DATA",
+                   help="tune each run's box threshold on this separate split (same forms as --data; 'composites' "
+                        "uses --data-seed + 1) and report the box accuracy at it on --data")
+    p.add_argument("--sanity-depth", type=int, default=Settings.sanity_depth,
+                   help="units from the logits down that the sanity_layers metric randomises (default 0: all)")
     p.add_argument("--checkpoint-every", type=int, default=16, help="records between checkpoints (default 16)")
     p.add_argument("--restart", action="store_true", help="discard the results already in --out and start over")
     p.add_argument("--out", default="chipjax_eval", help="output folder (default chipjax_eval)")
@@ -1009,8 +1346,9 @@ def cmd_eval(args) -> int:
     from .models import load_model
 
     settings = Settings(box_threshold=args.threshold, pointing_tolerance=args.tolerance, deletion_steps=args.steps,
-                        baseline=args.baseline, batch_size=args.batch_size, num_examples=args.examples,
-                        sanity_top=args.sanity_top).check()
+                        baseline=args.baseline, deletion_protocol=args.deletion_protocol, bootstrap=args.bootstrap,
+                        batch_size=args.batch_size, num_examples=args.examples,
+                        sanity_top=args.sanity_top, sanity_depth=args.sanity_depth).check()
     metrics = _check_metrics(args.metrics)
     source = load_source(args.data, num_images=args.num_images, seed=args.data_seed, boxes=args.boxes,
                          split=args.split)
@@ -1021,7 +1359,10 @@ def cmd_eval(args) -> int:
     try:
         result = evaluate(model, source, methods=[r.key for r in runs], metrics=metrics, options=options,
                           out_dir=args.out, resume=not args.restart, progress=not args.quiet,
-                          checkpoint_every=args.checkpoint_every, settings=settings)
+                          checkpoint_every=args.checkpoint_every, settings=settings,
+                          tune_source=None if args.tune is None else
+                          load_source(args.tune, num_images=args.num_images, seed=args.data_seed + 1,
+                                      boxes=args.boxes, split=args.split))
     except KeyboardInterrupt:
         done = len(read_records(os.path.join(args.out, RECORDS_FILE)))
         print(f"chipjax: interrupted; {done} results are saved in {args.out}; run the same command to continue",

@@ -137,15 +137,57 @@ def test_summarize_hand_made_records():
         {"i": 2, "run": "chip@head", "pointing": None, "box_ok": None, "top1_ok": True, "top5_ok": True,
          "box_ok_at": None, "deletion_auc": 0.2, "insertion_auc": 0.7},
     ]
-    summary, cls = E.summarize(recs, runs, E.DEFAULT_METRICS)
+    first = ("pointing", "box_acc", "max_box_acc", "top1_loc", "deletion", "insertion")
+    summary, cls = E.summarize(recs, runs, first, bootstrap=0)
     row = summary["chip@head"]
     assert row["pointing"] == 0.5 and row["box_acc"] == 1.0
     assert row["max_box_acc"] == 1.0 and row["max_box_threshold"] == pytest.approx(0.30)
     assert row["top1_loc_err"] == 0.5  # image 1: box right, class wrong
     assert row["deletion_auc"] == pytest.approx(0.2) and row["insertion_auc"] == pytest.approx(0.7)
     assert cls["top1_err"] == pytest.approx(1 / 3) and cls["top5_err"] == 0.0
-    table = E.results_table(summary, E.DEFAULT_METRICS, E.Settings())
+    table = E.results_table(summary, first, E.Settings())
     assert "| chip@head | 3 | 0.500 | 1.000 | 1.000 (0.30) | 0.500 | 0.200 | 0.700 |" in table
+    assert "deletion AUC ↓ (RISE protocol)" in table
+    assert "(chipjax v1 protocol)" in E.results_table(summary, first, E.Settings(deletion_protocol="chipjax"))
+
+
+def test_summarize_new_metrics_and_intervals_hand_made():
+    from chipjax import metrics as M
+
+    runs = [E.Run("gradcam", ("head",))]
+    t = len(E.MAX_BOX_THRESHOLDS)
+    v2 = [["1" * 40 + "0" * 60, "1" * 20 + "0" * 80, "0" * t],   # IoU 0.3, 0.5, 0.7 bits of image 0
+          ["0" * 10 + "1" * 90, "0" * 10 + "1" * 90, "0" * 50 + "1" * 50]]
+    hist0 = [[0, 0, 10], [500, 3, 1], [1000, 2, 0]]  # [bin, object, background]
+    hist1 = [[0, 1, 5], [1000, 4, 2]]
+    recs = [{"i": 0, "run": "gradcam@head", "box_v2_ok_at": v2[0], "pxap_hist": hist0, "avg_drop": 0.5,
+             "conf_increase": False, "pointing": True},
+            {"i": 1, "run": "gradcam@head", "box_v2_ok_at": v2[1], "pxap_hist": hist1, "avg_drop": 0.1,
+             "conf_increase": True, "pointing": True}]
+    metrics = ("pointing", "max_box_acc_v2", "pxap", "confidence")
+    row = E.summarize(recs, runs, metrics, bootstrap=200)[0]["gradcam@head"]
+    # IoU 0.3: thresholds 10..39 both right -> 1; IoU 0.5: 10..19 -> 1; IoU 0.7: image 1 alone -> 0.5
+    assert row["max_box_acc_v2"] == pytest.approx((1 + 1 + 0.5) / 3)
+    # PxAP of the pooled histogram: from the top, bin 1000: 6 object / 2 background; bin 500: 3 / 1; bin 0: 1 / 15
+    p1, r1 = 6 / 8, 6 / 10
+    p2, r2 = 9 / 12, 9 / 10
+    p3, r3 = 10 / 28, 1.0
+    assert row["pxap"] == pytest.approx(p1 * r1 + p2 * (r2 - r1) + p3 * (r3 - r2))
+    assert row["avg_drop"] == pytest.approx(0.3) and row["conf_increase"] == 0.5
+    # intervals: a constant per-image value has a zero-width interval; others bracket the value
+    assert row["pointing_ci"] == (1.0, 1.0)
+    lo, hi = row["avg_drop_ci"]
+    assert lo == pytest.approx(0.1) and hi == pytest.approx(0.5)  # two images: resamples are 0.1, 0.3 or 0.5
+    for name in ("max_box_acc_v2", "pxap"):
+        assert row[f"{name}_ci"][0] <= row[name] + 1e-12 and row[f"{name}_ci"][1] >= row[name] - 1e-12
+    # deterministic, and the same as bootstrap_interval on the per-image values
+    again = E.summarize(recs, runs, metrics, bootstrap=200)[0]["gradcam@head"]
+    assert again == row
+    assert row["avg_drop_ci"] == M.bootstrap_interval(np.array([0.5, 0.1]), n_resamples=200, seed=0)
+    table = E.results_table({"gradcam@head": row}, metrics, E.Settings())
+    assert "MaxBoxAccV2 ↑" in table and "PxAP ↑" in table and "0.300 [0.10, 0.50]" in table
+    csv_head = E._csv_text({"gradcam@head": row}).splitlines()[0]
+    assert "avg_drop_ci_low,avg_drop_ci_high" in csv_head
 
 
 # --- in-process evaluation (64 px) -------------------------------------------------------------------
@@ -168,13 +210,17 @@ def test_evaluate_writes_table_csv_plots_and_rows_per_method(lite0_small, tmp_pa
         assert f"| {key} | 2 |" in md
     assert "MaxBoxAcc" in md and "sanity" not in md
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0] == ("run,method,layer,images,pointing,box_acc,max_box_acc,max_box_threshold,top1_loc_err,"
-                       "deletion_auc,insertion_auc")
+    assert rows[0].startswith("run,method,layer,images,pointing,box_acc,max_box_acc,max_box_threshold,top1_loc_err,"
+                              "deletion_auc,insertion_auc,max_box_acc_v2,pxap,avg_drop,conf_increase,pointing_ci_low,")
     assert [r.split(",")[0] for r in rows[1:]] == keys
     records = E.read_records(str(out / "records.jsonl"))
     assert len(records) == 6 and all(0.0 <= r["deletion_auc"] <= 1.0 for r in records)
     # Grad-CAM equals CAM at the head (GAP + linear tail): same maps, same metrics
-    assert res["summary"]["gradcam@head"] == pytest.approx(res["summary"]["cam@head"])
+    flat = {k: (np.asarray(v, float) if isinstance(v, tuple) else v) for k, v in res["summary"]["cam@head"].items()}
+    assert res["summary"]["gradcam@head"].keys() == flat.keys()
+    for k, v in res["summary"]["gradcam@head"].items():
+        np.testing.assert_allclose(np.asarray(v, float) if v is not None else np.nan,
+                                   flat[k] if flat[k] is not None else np.nan, rtol=1e-6, err_msg=k)
     # a second call finds everything done and writes the same table
     again = E.evaluate(lite0_small, _samples(2), methods, None, None, options, str(out), progress=False,
                        settings=settings)
@@ -186,6 +232,76 @@ def test_evaluate_writes_table_csv_plots_and_rows_per_method(lite0_small, tmp_pa
     fresh = E.evaluate(lite0_small, _samples(2), "gradcam@head", None, "pointing", None, str(out), resume=False,
                        progress=False, settings=settings)
     assert fresh["computed"] == 2 and len(E.read_records(str(out / "records.jsonl"))) == 2
+
+
+def test_new_metrics_in_evaluate_equal_the_metric_functions_on_the_same_maps(lite0_small, tmp_path):
+    from chipjax import evalsets
+    from chipjax.methods import explain
+
+    samples = _samples(2)
+    source = E.EvalSource(samples, "2 composites", evalsets.acceptable_labels, boxes_are_masks=True)
+    assert E.load_source("composites", num_images=1).boxes_are_masks and not E.load_source("photos").boxes_are_masks
+    metrics = "max_box_acc_v2,pxap,confidence,road,deletion"
+    settings = E.Settings(batch_size=2, deletion_steps=5, num_examples=0, bootstrap=50)
+    res = E.evaluate(lite0_small, source, "gradcam@head", None, metrics, None, str(tmp_path), progress=False,
+                     settings=settings)
+    row = res["summary"]["gradcam@head"]
+    # the same maps, computed here, scored by chipjax.metrics directly
+    views = [lite0_small.view(s.image) for s in samples]
+    x = np.concatenate([lite0_small.spec.normalize(v)[None] for v in views]).astype(np.float32)
+    labels = [int(s.label) for s in samples]
+    maps = np.asarray(explain(lite0_small, x, method="gradcam", layer="head", target=labels), np.float64)
+    boxes = [E.boxes_in_view(s.boxes, s.image.shape[:2], lite0_small.spec.view) for s in samples]
+    masks = np.stack([M.boxes_to_mask(b, v.shape[:2]) for b, v in zip(boxes, views)])
+    assert row["max_box_acc_v2"] == pytest.approx(M.max_box_acc_v2(maps, boxes)["max_box_acc_v2"])
+    assert row["pxap"] == pytest.approx(M.pxap(maps, masks)["pxap"], abs=1e-6)
+    scorer = E.softmax_scorer(lite0_small)
+    cc = M.confidence_change(scorer, x, maps, labels)
+    assert row["avg_drop"] == pytest.approx(cc["drop"].mean(), abs=1e-5)
+    rd = M.road(scorer, x, maps, labels, seed=0)
+    assert row["road_combined"] == pytest.approx(rd["combined"].mean(), abs=1e-5)
+    di = M.deletion_insertion(scorer, x, maps, labels, steps=5, protocol="rise")
+    assert row["deletion_auc"] == pytest.approx(di["deletion_auc"].mean(), abs=1e-6)
+    for name in ("max_box_acc_v2", "pxap", "avg_drop", "road_combined", "deletion_auc"):
+        lo, hi = row[f"{name}_ci"]
+        assert lo <= row[name] + 1e-9 and row[name] <= hi + 1e-9, name
+    md = (tmp_path / "results.md").read_text()
+    assert "ROAD combined ↑" in md and "deletion AUC ↓ (RISE protocol)" in md and "bootstrap" in md
+
+
+def test_tuned_box_accuracy_hand_made():
+    t = len(E.MAX_BOX_THRESHOLDS)
+    recs = [{"i": 0, "run": "cam@head", "box_ok_at": "1" * 30 + "0" * (t - 30)},
+            {"i": 1, "run": "cam@head", "box_ok_at": "0" * 20 + "1" * (t - 20)},
+            {"i": 2, "run": "cam@head", "box_ok_at": "0" * 25 + "1" * (t - 25)}]
+    summary = {"cam@head": {"images": 3}}
+    E.add_tuned_box_accuracy(summary, recs, {"cam@head": 0.22}, "split B", bootstrap=0)
+    row = summary["cam@head"]
+    assert row["box_acc_tuned"] == pytest.approx(2 / 3) and row["tuned_threshold"] == 0.22  # images 0 and 1 at 0.22
+    E.add_tuned_box_accuracy(summary, recs, {"cam@head": 0.27}, "split B", bootstrap=0)
+    assert summary["cam@head"]["box_acc_tuned"] == 1.0
+
+
+def test_tune_on_a_separate_split(lite0_small, tmp_path):
+    from chipjax import evalsets
+
+    test_split = E.EvalSource(_samples(2), "2 composites (seed 0)", evalsets.acceptable_labels)
+    tune_split = E.EvalSource(evalsets.composite_set(2, seed=1), "2 composites (seed 1)", evalsets.acceptable_labels)
+    settings = E.Settings(batch_size=2, num_examples=0, bootstrap=0)
+    res = E.evaluate(lite0_small, test_split, "gradcam@head", None, "pointing", None, str(tmp_path), progress=False,
+                     settings=settings, tune_source=tune_split)
+    tuned = E.evaluate(lite0_small, tune_split, "gradcam@head", None, "max_box_acc", None, str(tmp_path / "tune"),
+                       progress=False, settings=dataclasses.replace(settings, num_examples=0))
+    row = res["summary"]["gradcam@head"]
+    assert row["tuned_threshold"] == tuned["summary"]["gradcam@head"]["max_box_threshold"]
+    bits = [r["box_ok_at"] for r in E.read_records(str(tmp_path / "records.jsonl"))]
+    j = int(round(row["tuned_threshold"] * 100))
+    assert row["box_acc_tuned"] == pytest.approx(np.mean([b[j] == "1" for b in bits]))
+    md = (tmp_path / "results.md").read_text()
+    assert "chosen on 2 composites (seed 1)" in md and "box acc @tuned thr" in md
+    with pytest.raises(InputError, match="tuning split"):
+        E.evaluate(lite0_small, test_split, "gradcam@head", None, "pointing", None, str(tmp_path / "x"),
+                   progress=False, settings=settings, tune_source=test_split)
 
 
 def test_sanity_metric_randomises_only_the_top_units(lite0_small, tmp_path):
@@ -201,6 +317,52 @@ def test_sanity_metric_randomises_only_the_top_units(lite0_small, tmp_path):
                      progress=False, settings=E.Settings(batch_size=2, num_examples=0))
     r = res["summary"]["gradcam@head"]["sanity_r"]
     assert -1.0 <= r < 0.9  # maps of a half-random network are not those of the trained one
+
+
+def test_sanity_layers_cascading_and_independent(lite0_small, tmp_path):
+    import jax
+
+    from chipjax.methods import explain
+
+    keys = E.parameterised_units(lite0_small)[0][::-1]
+    assert keys[:2] == ["fc", "head"]
+    # independent randomisation of the 2nd unit from the top changes that unit alone
+    one = E.randomized_model(lite0_small, 2, independent=True)
+    for col, tree in lite0_small.variables.items():
+        for key, sub in tree.items():
+            same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(sub),
+                                                             jax.tree_util.tree_leaves(one.variables[col][key])))
+            assert same == (key != keys[1]), (col, key)
+    settings = E.Settings(batch_size=2, num_examples=0, sanity_depth=2, bootstrap=0)
+    res = E.evaluate(lite0_small, _samples(2), "gradcam@head", None, "sanity_layers", None, str(tmp_path),
+                     progress=False, settings=settings)
+    recs = E.read_records(str(tmp_path / "records.jsonl"))
+    layers = {mode: dict(pairs) for mode, pairs in recs[0]["sanity_layers"].items()}
+    assert [u for u, _ in recs[0]["sanity_layers"]["cascading"]] == keys[:2]
+    assert [u for u, _ in recs[0]["sanity_layers"]["independent"]] == keys[:2]
+    # the top unit alone: cascading and independent randomise the same weights
+    assert layers["cascading"]["fc"] == layers["independent"]["fc"]
+    # the number against scipy's Spearman on maps made here from the independently randomised model
+    samples = _samples(2)
+    x = np.concatenate([lite0_small.spec.normalize(lite0_small.view(s.image))[None] for s in samples]).astype(np.float32)
+    labels = [int(s.label) for s in samples]
+    trained = np.asarray(explain(lite0_small, x, method="gradcam", layer="head", target=labels))
+    random = np.asarray(explain(one, x, method="gradcam", layer="head", target=labels))
+    for b, rec in enumerate(sorted(recs, key=lambda r: r["i"])):
+        want = scipy_spearman(trained[b], random[b])
+        assert dict(rec["sanity_layers"]["independent"])[keys[1]][0] == pytest.approx(want, abs=1e-5)
+    md = (tmp_path / "results.md").read_text()
+    assert "Sanity check by layer" in md and "| gradcam@head | independent |" in md
+    csv = (tmp_path / "sanity_layers.csv").read_text().splitlines()
+    assert csv[0] == "run,mode,depth,unit,images,spearman,spearman_abs,ssim,hog"
+    assert len(csv) == 1 + 2 * 2
+
+
+def scipy_spearman(a, b):
+    import scipy.stats
+
+    r = scipy.stats.spearmanr(np.ravel(a), np.ravel(b))[0]
+    return 0.0 if np.isnan(r) else float(r)
 
 
 def test_sanity_check_separates_trained_from_randomised_for_chip(lite0_small, tmp_path):
