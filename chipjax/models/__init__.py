@@ -30,6 +30,8 @@ def _builders() -> dict[str, Callable[[], ArchSpec]]:
         table[f"vgg{depth}_bn"] = lambda d=depth: vgg.vgg_spec(d, batch_norm=True)
     for i in (0, 1, 2):
         table[f"efficientnet_lite{i}"] = lambda i=i: efficientnet.efficientnet_lite_spec(i)
+    for name in resnet.RESNET_VARIANTS:
+        table[name] = lambda n=name: resnet.resnet_variant_spec(n)
     return table
 
 
