@@ -30,6 +30,9 @@ slow = pytest.mark.slow
 ARCHS = [
     ("resnext50_32x4d", 64, ()),
     ("wide_resnet50_2", 64, (slow,)),
+    ("mobilenet_v2", 64, ()),
+    ("mobilenet_v3_large", 64, ()),
+    ("mobilenet_v3_small", 64, (slow,)),
 ]
 #: builder arguments of torchvision models whose defaults differ from the zoo's reading.
 TORCH_KWARGS = {}

@@ -20,7 +20,7 @@ __all__ = ["ArchSpec", "Model", "load_model", "model_names", "get_spec", "tap_na
 
 
 def _builders() -> dict[str, Callable[[], ArchSpec]]:
-    from . import efficientnet, resnet, vgg
+    from . import efficientnet, mobilenet, resnet, vgg
 
     table: dict[str, Callable[[], ArchSpec]] = {}
     for depth in (18, 34, 50, 101, 152):
@@ -32,6 +32,9 @@ def _builders() -> dict[str, Callable[[], ArchSpec]]:
         table[f"efficientnet_lite{i}"] = lambda i=i: efficientnet.efficientnet_lite_spec(i)
     for name in resnet.RESNET_VARIANTS:
         table[name] = lambda n=name: resnet.resnet_variant_spec(n)
+    table["mobilenet_v2"] = mobilenet.mobilenet_v2_spec
+    for size in mobilenet.V3_CONFIGS:
+        table[f"mobilenet_v3_{size}"] = lambda s=size: mobilenet.mobilenet_v3_spec(s)
     return table
 
 

@@ -36,6 +36,37 @@ class UnitChain(nn.Module):
         return x
 
 
+class Sequential(nn.Module):
+    """``nn.Sequential`` with torch's child names: ``layers = ((name, factory), ...)`` run in order.
+
+    With ``residual`` the input is added to the result (an inverted-residual block).
+    """
+
+    layers: tuple[tuple[str, Callable[..., nn.Module]], ...]
+    residual: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x
+        for name, make in self.layers:
+            y = make(name=name)(y)
+        return x + y if self.residual else y
+
+
+def block_units(base: str, parts: Sequence[tuple[str, Callable[..., nn.Module]]], residual: bool, last: int = 1) -> list:
+    """Units of one torchvision block ``base`` whose children ``parts`` run in sequence.
+
+    A residual block is one unit ``base`` (its parts see the skip). A block without a skip is
+    split so the post-activation tensors inside it are taps: every part but the last ``last``
+    is its own unit ``"{base}.{part}"``, and the last ``last`` parts form the unit ``base``.
+    """
+    if residual:
+        return [(base, functools.partial(Sequential, layers=tuple(parts), residual=True))]
+    head, tail = list(parts[: len(parts) - last]), tuple(parts[len(parts) - last :])
+    units = [(f"{base}.{name}", make) for name, make in head]
+    return units + [(base, functools.partial(Sequential, layers=tail))]
+
+
 @functools.lru_cache(maxsize=None)
 def chain_key_table(name: str):
     """``{torch key: KeyEntry}`` of the zoo architecture ``name`` (cached)."""
