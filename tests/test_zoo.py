@@ -33,6 +33,8 @@ ARCHS = [
     ("mobilenet_v2", 64, ()),
     ("mobilenet_v3_large", 64, ()),
     ("mobilenet_v3_small", 64, (slow,)),
+    ("densenet121", 64, ()),
+    ("densenet169", 64, (slow,)),
 ]
 #: builder arguments of torchvision models whose defaults differ from the zoo's reading.
 TORCH_KWARGS = {}
