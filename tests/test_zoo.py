@@ -35,6 +35,8 @@ ARCHS = [
     ("mobilenet_v3_small", 64, (slow,)),
     ("densenet121", 64, ()),
     ("densenet169", 64, (slow,)),
+    ("efficientnet_b0", 64, ()),
+    ("efficientnet_b3", 64, (slow,)),
 ]
 #: builder arguments of torchvision models whose defaults differ from the zoo's reading.
 TORCH_KWARGS = {}

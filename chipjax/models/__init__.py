@@ -20,7 +20,7 @@ __all__ = ["ArchSpec", "Model", "load_model", "model_names", "get_spec", "tap_na
 
 
 def _builders() -> dict[str, Callable[[], ArchSpec]]:
-    from . import densenet, efficientnet, mobilenet, resnet, vgg
+    from . import densenet, efficientnet, efficientnet_b, mobilenet, resnet, vgg
 
     table: dict[str, Callable[[], ArchSpec]] = {}
     for depth in (18, 34, 50, 101, 152):
@@ -37,6 +37,8 @@ def _builders() -> dict[str, Callable[[], ArchSpec]]:
         table[f"mobilenet_v3_{size}"] = lambda s=size: mobilenet.mobilenet_v3_spec(s)
     for name in densenet.DENSENET_CONFIGS:
         table[name] = lambda n=name: densenet.densenet_spec(n)
+    for i in efficientnet_b.B_PARAMS:
+        table[f"efficientnet_b{i}"] = lambda i=i: efficientnet_b.efficientnet_b_spec(i)
     return table
 
 
