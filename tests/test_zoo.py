@@ -37,6 +37,8 @@ ARCHS = [
     ("densenet169", 64, (slow,)),
     ("efficientnet_b0", 64, ()),
     ("efficientnet_b3", 64, (slow,)),
+    ("regnet_y_400mf", 64, ()),
+    ("regnet_x_400mf", 64, ()),
 ]
 #: builder arguments of torchvision models whose defaults differ from the zoo's reading.
 TORCH_KWARGS = {}
@@ -90,12 +92,43 @@ def test_logits_match_torchvision(name, size):
     assert rel <= REL_TOL
 
 
-@pytest.mark.parametrize("name", [n for n, _, _ in ARCHS])
+def meta_torch_model(name: str) -> torch.nn.Module:
+    """torchvision's ``name`` on the meta device: parameter shapes without memory."""
+    if name.startswith("regnet_"):  # its widths are computed with tensors, which meta cannot read back
+        from torchvision.models import regnet
+
+        depth, w_0, w_a, w_m, group_width, se_ratio = REGNET_INIT_PARAMS[name]
+        params = regnet.BlockParams.from_init_params(depth, w_0, w_a, w_m, group_width, se_ratio=se_ratio)
+        with torch.device("meta"):
+            return regnet.RegNet(params)
+    with torch.device("meta"):
+        return getattr(torchvision.models, name)(**TORCH_KWARGS.get(name, {}))
+
+
+#: torchvision's ``BlockParams.from_init_params`` arguments, copied from its builders (the test's reference).
+REGNET_INIT_PARAMS = {
+    "regnet_y_400mf": (16, 48, 27.89, 2.09, 8, 0.25), "regnet_y_800mf": (14, 56, 38.84, 2.4, 16, 0.25),
+    "regnet_y_1_6gf": (27, 48, 20.71, 2.65, 24, 0.25), "regnet_y_3_2gf": (21, 80, 42.63, 2.66, 24, 0.25),
+    "regnet_y_8gf": (17, 192, 76.82, 2.19, 56, 0.25), "regnet_y_16gf": (18, 200, 106.23, 2.48, 112, 0.25),
+    "regnet_y_32gf": (20, 232, 115.89, 2.53, 232, 0.25), "regnet_y_128gf": (27, 456, 160.83, 2.52, 264, 0.25),
+    "regnet_x_400mf": (22, 24, 24.48, 2.54, 16, None), "regnet_x_800mf": (16, 56, 35.73, 2.28, 16, None),
+    "regnet_x_1_6gf": (18, 80, 34.01, 2.25, 24, None), "regnet_x_3_2gf": (25, 88, 26.31, 2.25, 48, None),
+    "regnet_x_8gf": (23, 80, 49.56, 2.88, 120, None), "regnet_x_16gf": (22, 216, 55.59, 2.1, 128, None),
+    "regnet_x_32gf": (23, 320, 69.86, 2.0, 168, None),
+}
+#: architectures whose key tables (not logits) are checked: the other sizes of each family.
+KEY_ONLY = [
+    "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2", "densenet161", "densenet201",
+    *[f"efficientnet_b{i}" for i in (1, 2, 4, 5, 6, 7)],
+    *[n for n in REGNET_INIT_PARAMS if n not in ("regnet_y_400mf", "regnet_x_400mf")],
+]
+
+
+@pytest.mark.parametrize("name", [n for n, _, _ in ARCHS] + [pytest.param(n, marks=slow) for n in KEY_ONLY])
 def test_key_table_matches_torchvision_state_dict(name):
     from chipjax.models.chain import chain_key_table
 
-    with torch.device("meta"):  # shapes only
-        tmodel = getattr(torchvision.models, name)(**TORCH_KWARGS.get(name, {}))
+    tmodel = meta_torch_model(name)
     spec = get_spec(name)
     ignored = getattr(spec.convert, "keywords", {}).get("ignored_prefixes", ())
     want = {

@@ -20,7 +20,7 @@ __all__ = ["ArchSpec", "Model", "load_model", "model_names", "get_spec", "tap_na
 
 
 def _builders() -> dict[str, Callable[[], ArchSpec]]:
-    from . import densenet, efficientnet, efficientnet_b, mobilenet, resnet, vgg
+    from . import densenet, efficientnet, efficientnet_b, mobilenet, regnet, resnet, vgg
 
     table: dict[str, Callable[[], ArchSpec]] = {}
     for depth in (18, 34, 50, 101, 152):
@@ -39,6 +39,8 @@ def _builders() -> dict[str, Callable[[], ArchSpec]]:
         table[name] = lambda n=name: densenet.densenet_spec(n)
     for i in efficientnet_b.B_PARAMS:
         table[f"efficientnet_b{i}"] = lambda i=i: efficientnet_b.efficientnet_b_spec(i)
+    for name in regnet.REGNET_CONFIGS:
+        table[name] = lambda n=name: regnet.regnet_spec(n)
     return table
 
 
