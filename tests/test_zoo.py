@@ -39,6 +39,7 @@ ARCHS = [
     ("efficientnet_b3", 64, (slow,)),
     ("regnet_y_400mf", 64, ()),
     ("regnet_x_400mf", 64, ()),
+    ("convnext_tiny", 64, ()),
 ]
 #: builder arguments of torchvision models whose defaults differ from the zoo's reading.
 TORCH_KWARGS = {}
@@ -120,6 +121,7 @@ REGNET_INIT_PARAMS = {
 KEY_ONLY = [
     "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2", "densenet161", "densenet201",
     *[f"efficientnet_b{i}" for i in (1, 2, 4, 5, 6, 7)],
+    "convnext_small", "convnext_base", "convnext_large",
     *[n for n in REGNET_INIT_PARAMS if n not in ("regnet_y_400mf", "regnet_x_400mf")],
 ]
 

@@ -20,7 +20,7 @@ __all__ = ["ArchSpec", "Model", "load_model", "model_names", "get_spec", "tap_na
 
 
 def _builders() -> dict[str, Callable[[], ArchSpec]]:
-    from . import densenet, efficientnet, efficientnet_b, mobilenet, regnet, resnet, vgg
+    from . import convnext, densenet, efficientnet, efficientnet_b, mobilenet, regnet, resnet, vgg
 
     table: dict[str, Callable[[], ArchSpec]] = {}
     for depth in (18, 34, 50, 101, 152):
@@ -41,6 +41,8 @@ def _builders() -> dict[str, Callable[[], ArchSpec]]:
         table[f"efficientnet_b{i}"] = lambda i=i: efficientnet_b.efficientnet_b_spec(i)
     for name in regnet.REGNET_CONFIGS:
         table[name] = lambda n=name: regnet.regnet_spec(n)
+    for name in convnext.CONVNEXT_CONFIGS:
+        table[name] = lambda n=name: convnext.convnext_spec(n)
     return table
 
 
