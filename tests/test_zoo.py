@@ -40,9 +40,12 @@ ARCHS = [
     ("regnet_y_400mf", 64, ()),
     ("regnet_x_400mf", 64, ()),
     ("convnext_tiny", 64, ()),
+    ("googlenet", 64, ()),
 ]
 #: builder arguments of torchvision models whose defaults differ from the zoo's reading.
-TORCH_KWARGS = {}
+TORCH_KWARGS = {
+    "googlenet": dict(init_weights=True, aux_logits=True, transform_input=False),
+}
 REL_TOL = 1e-4
 
 

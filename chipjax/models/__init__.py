@@ -20,7 +20,7 @@ __all__ = ["ArchSpec", "Model", "load_model", "model_names", "get_spec", "tap_na
 
 
 def _builders() -> dict[str, Callable[[], ArchSpec]]:
-    from . import convnext, densenet, efficientnet, efficientnet_b, mobilenet, regnet, resnet, vgg
+    from . import convnext, densenet, efficientnet, efficientnet_b, googlenet, mobilenet, regnet, resnet, vgg
 
     table: dict[str, Callable[[], ArchSpec]] = {}
     for depth in (18, 34, 50, 101, 152):
@@ -43,6 +43,7 @@ def _builders() -> dict[str, Callable[[], ArchSpec]]:
         table[name] = lambda n=name: regnet.regnet_spec(n)
     for name in convnext.CONVNEXT_CONFIGS:
         table[name] = lambda n=name: convnext.convnext_spec(n)
+    table["googlenet"] = googlenet.googlenet_spec
     return table
 
 

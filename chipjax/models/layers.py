@@ -202,35 +202,39 @@ def max_pool2d(
     kernel_size: int | Sequence[int],
     stride: int | Sequence[int] | None = None,
     padding: int | Sequence[int] = 0,
+    ceil_mode: bool = False,
 ) -> jax.Array:
-    """``torch.nn.functional.max_pool2d`` (``ceil_mode=False``) on NHWC ``(B, H, W, C)``.
+    """``torch.nn.functional.max_pool2d`` on NHWC ``(B, H, W, C)``.
 
     Padding cells hold ``-inf``, so they never win, as in torch. Output
-    ``H' = floor((H + 2 * padding - kernel) / stride) + 1``.
+    ``H' = floor((H + 2 * padding - kernel) / stride) + 1``; with ``ceil_mode`` the division
+    rounds up, except that a last window starting in the right padding is dropped (torch's rule).
     """
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(kernel_size if stride is None else stride)
     ph, pw = _pair(padding)
-    return lax.reduce_window(
-        x,
-        jnp.array(-jnp.inf, x.dtype),
-        lax.max,
-        (1, kh, kw, 1),
-        (1, sh, sw, 1),
-        ((0, 0), (ph, ph), (pw, pw), (0, 0)),
-    )
+    pads = [(0, 0), (ph, ph), (pw, pw), (0, 0)]
+    if ceil_mode:
+        for axis, (k, s, p) in ((1, (kh, sh, ph)), (2, (kw, sw, pw))):
+            size = x.shape[axis]
+            out = -(-(size + 2 * p - k) // s) + 1
+            if (out - 1) * s >= size + p:
+                out -= 1
+            pads[axis] = (p, max((out - 1) * s + k - size - p, p))
+    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, kh, kw, 1), (1, sh, sw, 1), tuple(pads))
 
 
 class MaxPool2d(nn.Module):
-    """``torch.nn.MaxPool2d(kernel_size, stride, padding)``: see :func:`max_pool2d`."""
+    """``torch.nn.MaxPool2d(kernel_size, stride, padding, ceil_mode=...)``: see :func:`max_pool2d`."""
 
     kernel_size: int
     stride: int
     padding: int = 0
+    ceil_mode: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
 
 
 def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
