@@ -41,10 +41,12 @@ ARCHS = [
     ("regnet_x_400mf", 64, ()),
     ("convnext_tiny", 64, ()),
     ("googlenet", 64, ()),
+    ("inception_v3", 75, ()),
 ]
 #: builder arguments of torchvision models whose defaults differ from the zoo's reading.
 TORCH_KWARGS = {
     "googlenet": dict(init_weights=True, aux_logits=True, transform_input=False),
+    "inception_v3": dict(init_weights=True, aux_logits=True, transform_input=False),
 }
 REL_TOL = 1e-4
 

@@ -20,7 +20,7 @@ __all__ = ["ArchSpec", "Model", "load_model", "model_names", "get_spec", "tap_na
 
 
 def _builders() -> dict[str, Callable[[], ArchSpec]]:
-    from . import convnext, densenet, efficientnet, efficientnet_b, googlenet, mobilenet, regnet, resnet, vgg
+    from . import convnext, densenet, efficientnet, efficientnet_b, googlenet, inception, mobilenet, regnet, resnet, vgg
 
     table: dict[str, Callable[[], ArchSpec]] = {}
     for depth in (18, 34, 50, 101, 152):
@@ -44,6 +44,7 @@ def _builders() -> dict[str, Callable[[], ArchSpec]]:
     for name in convnext.CONVNEXT_CONFIGS:
         table[name] = lambda n=name: convnext.convnext_spec(n)
     table["googlenet"] = googlenet.googlenet_spec
+    table["inception_v3"] = inception.inception_v3_spec
     return table
 
 
@@ -61,17 +62,24 @@ def get_spec(name: str) -> ArchSpec:
     return builders[key]()
 
 
+def _init_side(spec: ArchSpec) -> int:
+    """Side of the square input used to build the variables: 64 px, or the network's minimum if larger."""
+    return max(64, spec.min_size)
+
+
 def init_variables(spec: ArchSpec, seed: int = 0) -> Any:
     """Random-init Flax variables of ``spec`` (PRNG key from ``seed``)."""
     module = spec.make_module()
-    x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+    side = _init_side(spec)
+    x = jnp.zeros((1, side, side, 3), jnp.float32)
     return jax.jit(module.init)(jax.random.PRNGKey(seed), x)
 
 
 def variable_shapes(spec: ArchSpec) -> Any:
     """Shapes/dtypes of the variables of ``spec``, without computing them."""
     module = spec.make_module()
-    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    side = _init_side(spec)
+    x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     return jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
 
 

@@ -104,6 +104,7 @@ def chain_spec(
     std: tuple[float, float, float] = IMAGENET_STD,
     unit_prefix: Mapping[str, str] | None = None,
     ignored_prefixes: tuple[str, ...] = (),
+    min_size: int = 1,
 ) -> ArchSpec:
     """The :class:`ArchSpec` of a torchvision classifier written as a plan.
 
@@ -116,6 +117,7 @@ def chain_spec(
       mean, std: normalisation the weights expect.
       unit_prefix: torch prefix of a unit where it is not the unit's name.
       ignored_prefixes: checkpoint keys the model does not use and may be present (e.g. aux heads).
+      min_size: smallest input side the network runs on.
     """
     if unit_prefix:
         _UNIT_PREFIX[name] = tuple(sorted(unit_prefix.items()))
@@ -132,4 +134,5 @@ def chain_spec(
         pretrained=None,
         default_layer=default_layer,
         stage_layers=tuple(stage_layers),
+        min_size=min_size,
     )
