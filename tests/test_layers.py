@@ -172,3 +172,31 @@ def test_conv_im2col_equals_lax_convolution(size, stride, pad):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
     got = conv_im2col(x, k, (stride, stride), (pad, pad))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+# --- grouped and depthwise conv, ceil-mode max-pool (the torchvision families of test_zoo.py) ----
+@pytest.mark.parametrize(
+    "size, cin, cout, kernel, stride, padding, groups",
+    [(9, 8, 8, 3, 2, 1, 8), (8, 6, 6, 5, 1, 2, 6), (8, 8, 12, 3, 1, 1, 4), (2, 8, 8, 3, 1, 1, 2), (1, 4, 4, 3, 1, 1, 4)],
+)
+def test_grouped_conv_matches_torch(rng, size, cin, cout, kernel, stride, padding, groups):
+    # (depthwise: shifted slices; grouped: XLA feature groups; tiny outputs: grouped im2col)
+    tconv = torch.nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=True)
+    x = rng.standard_normal((2, size, size, cin)).astype(np.float32)
+    with torch.no_grad():
+        want = _nhwc(tconv(_nchw(x)))
+    conv = layers.conv2d(cout, kernel, stride, padding, use_bias=True, groups=groups)
+    params = {"params": {"kernel": jnp.asarray(tconv.weight.detach().numpy().transpose(2, 3, 1, 0)),
+                         "bias": jnp.asarray(tconv.bias.detach().numpy())}}
+    got = np.asarray(conv.apply(params, jnp.asarray(x)))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding", [(7, 3, 2, 0), (8, 3, 2, 0), (9, 3, 2, 1), (5, 2, 2, 0), (6, 3, 1, 1)])
+def test_ceil_mode_max_pool_matches_torch(rng, size, kernel, stride, padding):
+    x = rng.standard_normal((1, size, size, 3)).astype(np.float32)
+    want = _nhwc(torch.nn.functional.max_pool2d(_nchw(x), kernel, stride, padding, ceil_mode=True))
+    got = np.asarray(layers.max_pool2d(jnp.asarray(x), kernel, stride, padding, ceil_mode=True))
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)

@@ -33,6 +33,7 @@ TORCH_LEAF_NAMES: Mapping[tuple[str, str], str] = {
     ("params", "bias"): "bias",
     ("batch_stats", "mean"): "running_mean",
     ("batch_stats", "var"): "running_var",
+    ("params", "layer_scale"): "layer_scale",  # ConvNeXt's CNBlock parameter, (C, 1, 1) as in torch
 }
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 

@@ -20,7 +20,7 @@ __all__ = ["ArchSpec", "Model", "load_model", "model_names", "get_spec", "tap_na
 
 
 def _builders() -> dict[str, Callable[[], ArchSpec]]:
-    from . import efficientnet, resnet, vgg
+    from . import convnext, densenet, efficientnet, efficientnet_b, googlenet, inception, mobilenet, regnet, resnet, vgg
 
     table: dict[str, Callable[[], ArchSpec]] = {}
     for depth in (18, 34, 50, 101, 152):
@@ -30,6 +30,21 @@ def _builders() -> dict[str, Callable[[], ArchSpec]]:
         table[f"vgg{depth}_bn"] = lambda d=depth: vgg.vgg_spec(d, batch_norm=True)
     for i in (0, 1, 2):
         table[f"efficientnet_lite{i}"] = lambda i=i: efficientnet.efficientnet_lite_spec(i)
+    for name in resnet.RESNET_VARIANTS:
+        table[name] = lambda n=name: resnet.resnet_variant_spec(n)
+    table["mobilenet_v2"] = mobilenet.mobilenet_v2_spec
+    for size in mobilenet.V3_CONFIGS:
+        table[f"mobilenet_v3_{size}"] = lambda s=size: mobilenet.mobilenet_v3_spec(s)
+    for name in densenet.DENSENET_CONFIGS:
+        table[name] = lambda n=name: densenet.densenet_spec(n)
+    for i in efficientnet_b.B_PARAMS:
+        table[f"efficientnet_b{i}"] = lambda i=i: efficientnet_b.efficientnet_b_spec(i)
+    for name in regnet.REGNET_CONFIGS:
+        table[name] = lambda n=name: regnet.regnet_spec(n)
+    for name in convnext.CONVNEXT_CONFIGS:
+        table[name] = lambda n=name: convnext.convnext_spec(n)
+    table["googlenet"] = googlenet.googlenet_spec
+    table["inception_v3"] = inception.inception_v3_spec
     return table
 
 
@@ -47,17 +62,24 @@ def get_spec(name: str) -> ArchSpec:
     return builders[key]()
 
 
+def _init_side(spec: ArchSpec) -> int:
+    """Side of the square input used to build the variables: 64 px, or the network's minimum if larger."""
+    return max(64, spec.min_size)
+
+
 def init_variables(spec: ArchSpec, seed: int = 0) -> Any:
     """Random-init Flax variables of ``spec`` (PRNG key from ``seed``)."""
     module = spec.make_module()
-    x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+    side = _init_side(spec)
+    x = jnp.zeros((1, side, side, 3), jnp.float32)
     return jax.jit(module.init)(jax.random.PRNGKey(seed), x)
 
 
 def variable_shapes(spec: ArchSpec) -> Any:
     """Shapes/dtypes of the variables of ``spec``, without computing them."""
     module = spec.make_module()
-    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    side = _init_side(spec)
+    x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
     return jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
 
 

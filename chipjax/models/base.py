@@ -39,6 +39,7 @@ class ArchSpec:
       pretrained: ``() -> path`` of shipped weights, or ``None`` where none ship.
       default_layer: tap used when the caller names none (last conv stage).
       stage_layers: taps of the last stages, coarse last, for Refined CHIP.
+      min_size: smallest input side the network runs on (torchvision's ``min_size``; Inception-v3: 75).
     """
 
     name: str
@@ -52,6 +53,7 @@ class ArchSpec:
     pretrained: Callable[[], str] | None
     default_layer: str
     stage_layers: tuple[str, ...]
+    min_size: int = 1
 
 
 def tap_names(units: Sequence[str], aliases: Mapping[str, str]) -> list[str]:

@@ -53,6 +53,7 @@ from jax import lax
 
 from ..errors import ModelError, WeightsError
 from .base import ArchSpec
+from .layers import depthwise_conv
 from .preprocess import mean_std_normalize, stretch_view
 
 BN_EPSILON = 1e-3
@@ -209,18 +210,8 @@ def depthwise_conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax
       ``(B, ceil(H / stride), ceil(W / stride), C)``.
     """
     k = kernel.shape[0]
-    batch, height, width, channels = x.shape
-    out_h, out_w = -(-height // stride), -(-width // stride)
-    (top, bottom), (left, right) = same_padding(height, k, stride), same_padding(width, k, stride)
-    padded = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
-    span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
-    out = None
-    for i in range(k):
-        for j in range(k):
-            window = lax.slice(padded, (0, i, j, 0), (batch, i + span_h, j + span_w, channels), (1, stride, stride, 1))
-            term = window * kernel[i, j]
-            out = term if out is None else out + term
-    return out
+    pads = (same_padding(x.shape[1], k, stride), same_padding(x.shape[2], k, stride))
+    return depthwise_conv(x, kernel, stride, pads)
 
 
 def grouped_depthwise_conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:

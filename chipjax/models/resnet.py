@@ -9,6 +9,7 @@ convert from a torchvision ``state_dict`` with
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, Mapping
 
@@ -30,6 +31,14 @@ RESNET_CONFIGS: Mapping[int, tuple[str, tuple[int, int, int, int]]] = {
 }
 STAGE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = {"basic": 1, "bottleneck": 4}
+#: torchvision name -> (depth, groups, width per group) of the grouped / wide Bottleneck variants.
+RESNET_VARIANTS: Mapping[str, tuple[int, int, int]] = {
+    "resnext50_32x4d": (50, 32, 4),
+    "resnext101_32x8d": (101, 32, 8),
+    "resnext101_64x4d": (101, 64, 4),
+    "wide_resnet50_2": (50, 1, 128),
+    "wide_resnet101_2": (101, 1, 128),
+}
 
 
 class Stem(nn.Module):
@@ -58,19 +67,26 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """torchvision v1.5 ``Bottleneck``: 1x1, 3x3 (strided), 1x1 convs,
-    ``(B, H, W, C_in) -> (B, H/stride, W/stride, 4 * features)``."""
+    """torchvision v1.5 ``Bottleneck``: 1x1, 3x3 (strided, ``groups``), 1x1 convs,
+    ``(B, H, W, C_in) -> (B, H/stride, W/stride, 4 * features)``.
+
+    The inner width is ``int(features * width_per_group / 64) * groups`` as in torchvision
+    (ResNeXt: ``groups=32, width_per_group=4``; Wide ResNet: ``width_per_group=128``).
+    """
 
     features: int
     stride: int = 1
     downsample: bool = False
+    groups: int = 1
+    width_per_group: int = 64
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out = self.features * EXPANSION["bottleneck"]
-        y = conv2d(self.features, 1, use_bias=False, name="conv1")(x)
+        width = int(self.features * (self.width_per_group / 64.0)) * self.groups
+        y = conv2d(width, 1, use_bias=False, name="conv1")(x)
         y = nn.relu(BatchNorm(name="bn1")(y))
-        y = conv2d(self.features, 3, self.stride, 1, use_bias=False, name="conv2")(y)
+        y = conv2d(width, 3, self.stride, 1, use_bias=False, groups=self.groups, name="conv2")(y)
         y = nn.relu(BatchNorm(name="bn2")(y))
         y = conv2d(out, 1, use_bias=False, name="conv3")(y)
         y = BatchNorm(name="bn3")(y)
@@ -85,10 +101,16 @@ def _shortcut(x: jax.Array, features: int, stride: int, downsample: bool) -> jax
     return BatchNorm(name="downsample.1")(x)
 
 
-def resnet_plan(depth: int, num_classes: int = 1000) -> list[tuple[str, Callable[[], nn.Module]]]:
-    """``[(unit name, module factory), ...]``, input to output, for ResNet-``depth``."""
+def resnet_plan(
+    depth: int, num_classes: int = 1000, groups: int = 1, width_per_group: int = 64
+) -> list[tuple[str, Callable[[], nn.Module]]]:
+    """``[(unit name, module factory), ...]``, input to output, for ResNet-``depth`` (grouped/wide: see :class:`Bottleneck`)."""
     kind, blocks = _config(depth)
-    block = BasicBlock if kind == "basic" else Bottleneck
+    block = BasicBlock
+    if kind == "bottleneck":
+        block = functools.partial(Bottleneck, groups=groups, width_per_group=width_per_group)
+    elif (groups, width_per_group) != (1, 64):
+        raise ModelError(f"ResNet-{depth} has BasicBlocks, which support only groups=1 and width_per_group=64")
     plan: list[tuple[str, Callable[[], nn.Module]]] = [
         ("relu", Stem),
         ("maxpool", functools.partial(MaxPool2d, kernel_size=3, stride=2, padding=1)),
@@ -117,9 +139,12 @@ class ResNet(nn.Module):
 
     depth: int
     num_classes: int = 1000
+    groups: int = 1
+    width_per_group: int = 64
 
     def setup(self):
-        self.units = [make() for _, make in resnet_plan(self.depth, self.num_classes)]
+        plan = resnet_plan(self.depth, self.num_classes, self.groups, self.width_per_group)
+        self.units = [make() for _, make in plan]
 
     def __call__(self, x: jax.Array, start: int = 0, stop: int | None = None) -> jax.Array:
         for unit in self.units[start:stop]:
@@ -131,6 +156,29 @@ def _convert(state_dict, depth: int):
     from ..io.torchvision_map import convert_resnet
 
     return convert_resnet(state_dict, depth)
+
+
+def _convert_variant(state_dict, name: str):
+    from .chain import convert_chain
+
+    return convert_chain(state_dict, name)
+
+
+def resnet_variant_spec(name: str) -> ArchSpec:
+    """The :class:`ArchSpec` of torchvision's ResNeXt / Wide ResNet ``name`` (a key of :data:`RESNET_VARIANTS`)."""
+    from .chain import _UNIT_PREFIX
+
+    if name not in RESNET_VARIANTS:
+        raise ModelError(f"no ResNet variant {name!r}; choose one of {', '.join(RESNET_VARIANTS)}")
+    depth, groups, width_per_group = RESNET_VARIANTS[name]
+    _UNIT_PREFIX[name] = (("relu", ""),)
+    base = resnet_spec(depth)
+    return dataclasses.replace(
+        base,
+        name=name,
+        make_module=functools.partial(ResNet, depth=depth, groups=groups, width_per_group=width_per_group),
+        convert=functools.partial(_convert_variant, name=name),
+    )
 
 
 def resnet_spec(depth: int) -> ArchSpec:
