@@ -95,6 +95,17 @@ class LoadReport:
         return cls(int(state.get("loaded", 0)), [SkippedImage(int(i), str(n), str(e)) for i, n, e in state.get("skipped", [])])
 
 
+def _import_grain():
+    """``import grain`` without the root-logger handler its import installs (it would print every library's logs)."""
+    before = list(logging.root.handlers)
+    import grain
+
+    for handler in logging.root.handlers[:]:
+        if handler not in before:
+            logging.root.removeHandler(handler)
+    return grain
+
+
 def shard_order(size: int, *, seed: int | None = None, process_index: int = 0, process_count: int = 1,
                 start: int = 0):
     """The source indices this process reads, in order: a grain ``MapDataset`` of ints.
@@ -103,7 +114,7 @@ def shard_order(size: int, *, seed: int | None = None, process_index: int = 0, p
     permutation of ``range(size)``). Process ``process_index`` of ``process_count`` takes every
     ``process_count``-th position from ``process_index``; ``start`` drops the first positions of that share.
     """
-    import grain
+    grain = _import_grain()
 
     if process_count < 1 or not 0 <= process_index < process_count:
         raise InputError(f"process_index must lie in 0 … process_count − 1; got {process_index} of {process_count}")
@@ -181,8 +192,7 @@ def batches(source: Sequence, model, *, batch_size: int, num_workers: int = 2, s
     if num_workers == 0:
         records = (read(order[i]) for i in range(len(order)))
     else:
-        import grain
-
+        grain = _import_grain()
         options = grain.ReadOptions(num_threads=int(num_workers),
                                     prefetch_buffer_size=int(buffer or max(4, 2 * batch_size)))
         records = iter(order.map(read).to_iter_dataset(options))
