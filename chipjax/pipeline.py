@@ -55,6 +55,7 @@ class Batch(NamedTuple):
       names: ``B`` sample names (paths relative to the source root, ILSVRC ids, …).
       indices: ``(B,)`` indices of the samples in the source.
       position: positions of this process's share consumed once this batch is used (skipped included).
+      skipped: the :class:`SkippedImage` s met since the previous batch (already in the run's report).
     """
 
     x: Any
@@ -62,6 +63,7 @@ class Batch(NamedTuple):
     names: list
     indices: np.ndarray
     position: int
+    skipped: tuple = ()
 
 
 class SkippedImage(NamedTuple):
@@ -197,36 +199,46 @@ def batches(source: Sequence, model, *, batch_size: int, num_workers: int = 2, s
                                     prefetch_buffer_size=int(buffer or max(4, 2 * batch_size)))
         records = iter(order.map(read).to_iter_dataset(options))
     report = LoadReport() if report is None else report
-    host = _host_batches(records, batch_size, start, report, require_labels, drop_remainder)
+    trailing: list = []
+    host = _host_batches(records, batch_size, start, require_labels, drop_remainder, trailing)
     queue: collections.deque = collections.deque()
+
+    def delivered(b: Batch) -> Batch:  # the report counts what the caller has received, not what is read ahead
+        report.loaded += len(b.labels)
+        report.skipped.extend(b.skipped)
+        return b
+
     for b in host:
         queue.append(b._replace(x=jax.device_put(b.x)))
         if len(queue) > prefetch:
-            yield queue.popleft()
+            yield delivered(queue.popleft())
     while queue:
-        yield queue.popleft()
+        yield delivered(queue.popleft())
+    report.skipped.extend(trailing)
 
 
-def _host_batches(records: Iterator[tuple], batch_size: int, start: int, report: LoadReport, require_labels: bool,
-                  drop_remainder: bool) -> Iterator[Batch]:
-    """Group reader records into host batches, skipping (and reporting) unreadable images."""
-    xs, labels, names, indices = [], [], [], []
+def _host_batches(records: Iterator[tuple], batch_size: int, start: int, require_labels: bool, drop_remainder: bool,
+                  trailing: list) -> Iterator[Batch]:
+    """Group reader records into host batches; an unreadable image is logged and attached to the next batch's
+    ``skipped`` (those after the last batch, or in a dropped remainder, end up in ``trailing``)."""
+    xs, labels, names, indices, skipped = [], [], [], [], []
     position = start
     for index, x, label, name, error in records:
         position += 1
         if x is None:
-            report.skipped.append(SkippedImage(index, name, error))
+            skipped.append(SkippedImage(index, name, error))
             log.warning("skipped unreadable image %s (%s)", name, error)
             continue
         if require_labels and label < 0:
             raise InputError(f"image {name} has no class label; class-level CHIP needs one per image")
-        report.loaded += 1
         xs.append(x), labels.append(label), names.append(name), indices.append(index)
         if len(xs) == batch_size:
-            yield Batch(np.stack(xs), np.asarray(labels, np.int64), names, np.asarray(indices), position)
-            xs, labels, names, indices = [], [], [], []
+            yield Batch(np.stack(xs), np.asarray(labels, np.int64), names, np.asarray(indices), position, tuple(skipped))
+            xs, labels, names, indices, skipped = [], [], [], [], []
     if xs and not drop_remainder:
-        yield Batch(np.stack(xs), np.asarray(labels, np.int64), names, np.asarray(indices), position)
+        yield Batch(np.stack(xs), np.asarray(labels, np.int64), names, np.asarray(indices), position, tuple(skipped))
+        skipped = []
+    trailing.extend(skipped)
 
 
 def load_loop_batches(source: Sequence, model, batch_size: int) -> Iterator[Batch]:
