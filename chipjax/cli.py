@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="labels file for FOLDER: lines 'relative/path.jpg LABEL'")
     p.add_argument("--boxes", default=None, help="ILSVRC boxes (XML folder or LOC_val_solution.csv)")
     p.add_argument("--split", default="train", help="tfds split (default train)")
-    p.add_argument("--num-images", type=int, default=None, help="use the first N images (composites: how many)")
+    p.add_argument("--num-images", type=int, default=None,
+                   help="use N images spread evenly over the data, so every class keeps its share (composites: how many)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the bundled composites (default 0)")
     p.add_argument("--workers", type=int, default=2, help="decode + resize threads (default 2; 0: main thread)")
     p.add_argument("--classes", default="seen", choices=("seen", "all"),

@@ -1056,7 +1056,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="chip-class@LAYER: the data its class-level model is fitted on, disjoint from --data "
                         "(FOLDER | ilsvrc:DIR | tfds:NAME | composites, with --fit-data-seed)")
     p.add_argument("--fit-data-seed", type=int, default=1, help="seed of --fit-data composites (default 1)")
-    p.add_argument("--fit-num-images", type=int, default=None, help="use the first N images of --fit-data")
+    p.add_argument("--fit-num-images", type=int, default=None,
+                   help="fit on N images spread evenly over --fit-data (composites: how many to make)")
     p.add_argument("--fit-split", default="train", help="tfds split of --fit-data (default train)")
     p.add_argument("--fit-labels", default=None, help="labels file for a --fit-data FOLDER")
     p.add_argument("--fit-boxes", default=None, help="ILSVRC boxes of an ilsvrc: --fit-data")

@@ -172,14 +172,37 @@ def fit_data_source(spec: str, *, labels_file: str | None = None, boxes: str | N
     ``labels_file``, ``ilsvrc:IMAGES_DIR`` (with ``boxes``), ``tfds:NAME_OR_DIR`` (``split``), or a bundled set
     (``composites``, ``two-object``, ``photos``; ``seed`` = the data seed). Returns ``(source, data_id)``."""
     from .data import labels_file_source
-    from .evaluate import load_source
+    from .evaluate import BUNDLED_SETS, load_source
 
     if labels_file:
         source = labels_file_source(spec, labels_file)
-        return source, f"{os.path.abspath(spec)} + {os.path.abspath(labels_file)}"
-    src = load_source(spec, num_images=num_images, seed=seed, boxes=boxes, split=split)
-    data_id = os.path.abspath(spec) if os.path.isdir(spec) else src.description
-    return src.samples, data_id
+        data_id = f"{os.path.abspath(spec)} + {os.path.abspath(labels_file)}"
+    elif spec in BUNDLED_SETS:  # made to size, from the seed
+        src = load_source(spec, num_images=num_images, seed=seed)
+        return src.samples, src.description
+    else:
+        src = load_source(spec, boxes=boxes, split=split)
+        source = src.samples
+        data_id = os.path.abspath(spec) if os.path.isdir(spec) else src.description
+    if num_images is not None:
+        source = spread(source, num_images)
+        data_id = f"{data_id} ({len(source)} spread)"
+    return source, data_id
+
+
+def spread(source, n: int):
+    """``n`` samples of ``source`` evenly spaced over it (``source[floor(i · len / n)]``): a folder sorted by
+    class keeps every class, where its first ``n`` would keep the first classes only."""
+    from .data import Source
+
+    if int(n) < 1:
+        raise InputError(f"the number of images must be at least 1, got {n}")
+    size = len(source)
+    n = min(int(n), size)
+    pick = [i * size // n for i in range(n)]
+    name_of = getattr(source, "name_of", None)
+    return Source(n, lambda i: source[pick[i]], f"{getattr(source, 'description', 'samples')} ({n} of {size}, spread)",
+                  name_of=(lambda i: name_of(pick[i])) if callable(name_of) else None)
 
 
 def remove_checkpoint(checkpoint_dir: str | None) -> None:

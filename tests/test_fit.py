@@ -157,3 +157,15 @@ def test_interrupted_fit_resumes_to_the_same_model_and_keeps_the_skipped_list(tm
     # the broken image (source index 8: class folder 2, first file) is reported once, whichever side of the stop
     assert [s.index for s in resumed.fit_report["loader"].skipped] == [8]
     assert resumed.fit_report["loader"].loaded == 11
+
+
+def test_spread_keeps_every_class_of_a_class_sorted_folder():
+    from chipjax.data import Source
+    from chipjax.fit import spread
+
+    src = Source(12, lambda i: i // 4, "sorted by class", name_of=lambda i: f"f{i}")  # 3 classes × 4
+    part = spread(src, 3)
+    assert [part[i] for i in range(3)] == [0, 1, 2] and part.name_of(1) == "f4"
+    assert len(spread(src, 50)) == 12
+    with pytest.raises(Exception, match="at least 1"):
+        spread(src, 0)
