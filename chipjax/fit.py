@@ -89,8 +89,8 @@ def fit_source(model, source, *, data_id: str | None = None, layer: str | None =
       batch_size: images per step; num_workers: decode + resize threads; order_seed: None = source order.
       checkpoint_dir, checkpoint_every: progress is saved there every ``checkpoint_every`` batches and on
         SIGINT/SIGTERM (then :class:`Interrupted` is raised); an existing checkpoint with the same settings
-        is resumed (after SIGKILL at most one interval is redone). With several processes each keeps its own
-        (``DIR.p<index>``) and the statistics are merged across processes at the end.
+        is resumed (after SIGKILL at most one interval is redone). Single-process only: with several processes
+        (each reads its share; the statistics are merged across processes at the end) no checkpoint is written.
       report: a :class:`chipjax.pipeline.LoadReport`, filled with the images loaded and skipped (unreadable
         images are skipped and listed, never fatal); kept across a resume.
 
@@ -111,7 +111,10 @@ def fit_source(model, source, *, data_id: str | None = None, layer: str | None =
     tap = model.tap(layer)
     pi, pc = jax.process_index(), jax.process_count()
     if checkpoint_dir and pc > 1:
-        checkpoint_dir = f"{checkpoint_dir.rstrip(os.sep)}.p{pi}"
+        # orbax synchronises its saves across every process of a jax.distributed job, and the processes' shares
+        # end after different numbers of batches: per-process progress checkpoints would deadlock
+        log.warning("progress checkpoints are single-process only; with %d processes this fit is not resumable", pc)
+        checkpoint_dir = None
     config = dict(num_masks=num_masks, keep_prob=keep_prob, lam_ratio=lam_ratio, score=score, nonneg=nonneg, seed=seed)
     fingerprint = dict(config, arch=model.name, weights=str(model.weights), layer=tap.layer,
                        data=data_id or getattr(source, "description", "?"), num_samples=len(source),
