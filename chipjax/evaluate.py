@@ -3,6 +3,8 @@
 What is measured (one *run* is a method at a layer, e.g. ``chip@head``; ``refined-chip`` fuses several
 layers, ``refined-chip@blocks.11.expand+blocks.15.expand+head``; RISE works on the input, ``rise@input``):
 
+* **Class-level CHIP** (``chip-class@LAYER``): one model per layer fitted on ``fit_data`` / ``--fit-data``, never
+  the evaluated images (refused), then one forward pass per image; see :func:`class_chip_models`.
 * **Targets.** Every map explains the sample's **ground-truth class** (localisation "GT-known"). A sample
   without a label is explained for the model's top-1 class and counts in no class-dependent metric.
 * **Classification**, once per image: the top-5 classes of the model. A prediction is right when it is
@@ -1047,7 +1049,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--boxes", default=None, help="ILSVRC boxes: XML folder or LOC_val_solution.csv")
     p.add_argument("--split", default="validation", help="tfds split (default validation)")
     p.add_argument("--methods", default=ALL_METHODS,
-                   help="comma-separated methods, each optionally @LAYER (refined-chip@A+B+C); default: all")
+                   help="comma-separated methods, each optionally @LAYER (refined-chip@A+B+C); default: all. "
+                        "chip-class@LAYER: class-level CHIP fitted on --fit-data (one forward pass per image)")
     p.add_argument("--layers", default=None,
                    help="comma-separated taps crossed with the methods given without @ (default: the model's default)")
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
