@@ -183,6 +183,9 @@ def fit_data_source(spec: str, *, labels_file: str | None = None, boxes: str | N
     elif spec in BUNDLED_SETS:  # made to size, from the seed
         src = load_source(spec, num_images=num_images, seed=seed)
         return src.samples, src.description
+    elif not spec.startswith(("tfds:", "ilsvrc:")) and not os.path.isdir(spec):
+        raise InputError(f"image folder not found: {spec}; give a FOLDER, ilsvrc:IMAGES_DIR, tfds:NAME_OR_DIR or a "
+                         f"bundled set ({', '.join(BUNDLED_SETS)})")
     else:
         src = load_source(spec, boxes=boxes, split=split)
         source = src.samples
