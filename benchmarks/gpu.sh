@@ -3,7 +3,8 @@
 # CHIP's perturbation sweep at full size (224 px, 2048 masks per image, 8 images per call) in float32 and
 # bfloat16 on ResNet-50 layer3 / layer4 and VGG-16 features.29 (its last conv's ReLU), against the plain
 # batched tail forward, printing images/s and achieved TFLOP/s against the card's measured matmul peak.
-# The table is also appended to benchmarks/RESULTS.md (section "perturb_throughput gpu.sh").
+# The table is also appended to benchmarks/RESULTS.md (section "perturb_throughput gpu.sh"); then the class-level
+# fit's throughput (benchmarks/class_fit.py, section "class_fit gpu.sh").
 #
 #   bash benchmarks/gpu.sh            # on the GPU machine (needs jax with CUDA)
 #   bash benchmarks/gpu.sh --quick    # tiny sizes; runs on CPU to test this script's path
@@ -49,4 +50,15 @@ fi
 echo "== perturb_throughput ${args[*]}"
 # XLA_PYTHON_CLIENT_PREALLOCATE=false: report only what the sweep needs; the timeout keeps the whole check bounded.
 XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$budget" "$py" -m benchmarks.perturb_throughput "${args[@]}"
+
+# class-level fit throughput (ClassStatsAccumulator.add vs the plain batched tail) at ResNet-50 layer4 / layer3,
+# float32 and bfloat16, and its cost per 10^6 perturbed networks (section "class_fit gpu.sh" of RESULTS.md)
+if [[ "$quick" == 1 ]]; then
+  fit_args=(--quick --skip-loader --cases resnet50:layer4 --dtype both --no-write --label "class_fit gpu.sh --quick")
+else
+  fit_args=(--skip-loader --cases resnet50:layer4,resnet50:layer3 --dtype both --masks 2048 --batch 8 --chunk 256
+            --reps 3 --label "class_fit gpu.sh")
+fi
+echo "== class_fit ${fit_args[*]}"
+XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$budget" "$py" -m benchmarks.class_fit "${fit_args[@]}"
 echo "== done"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from functools import partial
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import jax
@@ -238,6 +239,16 @@ def check_options(*, num_masks=DEFAULTS["num_masks"], keep_prob=DEFAULTS["keep_p
     perturb.check_perturbation_args(2 if num_masks == "auto" else num_masks, keep_prob, 1, score)
 
 
+def batch_arrays(batch) -> tuple[Any, Any]:
+    """``(x, labels or None)`` from a batch: ``x``, ``(x, labels)`` or a :class:`chipjax.pipeline.Batch`."""
+    if hasattr(batch, "x") and hasattr(batch, "labels"):
+        return batch.x, batch.labels
+    if isinstance(batch, tuple):
+        x, labels = batch
+        return x, labels
+    return batch, None
+
+
 def check_lam_ratio(lam_ratio: float) -> None:
     if isinstance(lam_ratio, bool) or not isinstance(lam_ratio, (int, float, np.integer, np.floating)):
         raise InputError(f"lam_ratio must be a number in [0, 1), got {lam_ratio!r}")
@@ -279,33 +290,41 @@ class CHIP:
     class_counts: jax.Array | None = None
     mask_stats: Any = None
     num_images: int = 0
+    fitted_classes: np.ndarray | None = None
+    fit_report: dict | None = None
 
     # --- fitting --------------------------------------------------------------------------
     @classmethod
     def fit(cls, model, layer: str | None, images: Iterable, *, num_masks: int = DEFAULTS["num_masks"],
             keep_prob: float = DEFAULTS["keep_prob"], lam_ratio: float = DEFAULTS["lam_ratio"],
             score: str = DEFAULTS["score"], nonneg: bool = DEFAULTS["nonneg"], seed: int = 0,
-            chunk_size: int = 256, progress: bool = False) -> "CHIP":
+            chunk_size: int = 256, progress: bool = False, classes: str = "seen", compute_dtype=None) -> "CHIP":
         """Fit class-level CHIP over a data set, streaming statistics.
 
         Args:
           model: a zoo :class:`~chipjax.models.base.Model`.
           layer: tap name (None: the model's default layer).
-          images: iterable of ``x (B, S, S, 3)`` or ``(x, labels (B,))`` batches. With
-            labels, class c's weights come from the images of class c (classes with no
-            images fall back to the pooled statistics); without, every class is pooled.
+          images: iterable of ``x (B, S, S, 3)``, ``(x, labels (B,))`` or :class:`chipjax.pipeline.Batch`
+            batches. With labels, class c's weights come from the images of class c; without, every
+            class is pooled over all images.
           num_masks, keep_prob, lam_ratio, score, nonneg, seed, chunk_size: as for image-level CHIP.
-          progress: show a progress bar.
+          progress: show a progress bar (images/s and perturbed evaluations/s).
+          classes: ``"seen"`` solves only the classes that have images (the other columns of W are 0
+            and :meth:`explain` refuses them); ``"all"`` solves every class, those without images from
+            the pooled statistics (see :class:`ClassStatsAccumulator`).
+          compute_dtype: the tail's dtype (e.g. ``"bfloat16"``); statistics stay float32.
         """
         tap = model.tap(layer)
         fitter = ClassStatsAccumulator(tap, num_masks=num_masks, keep_prob=keep_prob, score=score, seed=seed,
-                                       chunk_size=chunk_size)
+                                       chunk_size=chunk_size, classes=classes, compute_dtype=compute_dtype)
         check_lam_ratio(lam_ratio)
-        from .progress import progress_bar
+        from .progress import rate_bar
 
-        for batch in progress_bar(images, desc=f"CHIP fit @ {tap.layer}", enable=progress):
-            x, labels = batch if isinstance(batch, tuple) else (batch, None)
-            fitter.add(x, labels)
+        with rate_bar(f"CHIP fit @ {tap.layer}", evals_per_image=num_masks, enable=progress) as bar:
+            for batch in images:
+                x, labels = batch_arrays(batch)
+                fitter.add(x, labels)
+                bar.update(x.shape[0])
         config = dict(num_masks=num_masks, keep_prob=keep_prob, lam_ratio=lam_ratio, score=score, nonneg=nonneg,
                       seed=seed)
         return fitter.to_model(model.name, config)
@@ -317,8 +336,19 @@ class CHIP:
 
     def explain_features(self, features: jax.Array, targets: jax.Array, size: tuple[int, int]) -> jax.Array:
         """``(B, *size)`` maps of ``targets (B,)`` from the layer's ``features (B, H, W, K)`` (no network run)."""
+        self.check_fitted(targets)
         w = jnp.take(self.weights, jnp.asarray(targets, jnp.int32), axis=1).T  # (B, K)
         return heatmap(features, w, size)
+
+    def check_fitted(self, targets) -> None:
+        """Refuse targets whose class had no images in the fit (their weights were never solved)."""
+        if self.fitted_classes is None or isinstance(targets, jax.core.Tracer):
+            return
+        t = np.asarray(targets).reshape(-1)
+        missing = sorted({int(c) for c in t if not self.fitted_classes[int(c)]})
+        if missing:
+            raise InputError(f"class(es) {missing[:10]} had no images when this CHIP model was fitted, so it has no "
+                             f"weights for them; fit on data that has them, or with classes='all' (pooled statistics)")
 
     def check_compatible(self, model) -> None:
         if model.name != self.arch:
@@ -340,6 +370,8 @@ class CHIP:
         from . import io as cjio
 
         tree = {"weights": np.asarray(self.weights)}
+        if self.fitted_classes is not None:
+            tree["fitted_classes"] = np.asarray(self.fitted_classes, np.uint8)
         meta = {"kind": "chip-model", "arch": self.arch, "layer": self.layer, "config": self.config,
                 "num_images": int(self.num_images)}
         cjio.save_variables(tree, directory, meta)
@@ -353,7 +385,8 @@ class CHIP:
         if not isinstance(meta, dict) or meta.get("kind") != "chip-model":
             raise WeightsError(f"{directory} is not a class-level CHIP model (write one with `chipjax fit`)")
         out = cls(weights=jnp.asarray(tree["weights"]), arch=meta["arch"], layer=meta["layer"],
-                  config=meta.get("config", {}), num_images=meta.get("num_images", 0))
+                  config=meta.get("config", {}), num_images=meta.get("num_images", 0),
+                  fitted_classes=np.asarray(tree["fitted_classes"]).astype(bool) if "fitted_classes" in tree else None)
         if model is not None:
             out.check_compatible(model)
         if layer is not None and layer != out.layer:
@@ -362,84 +395,178 @@ class CHIP:
         return out
 
 
+#: Batches a class-level fit may run ahead of the device before it waits (bounds memory; no per-batch sync).
+MAX_INFLIGHT = 2
+
+
 class ClassStatsAccumulator:
     """Streams per-class CHIP statistics over batches of images (state lives here, the maths in pure functions).
 
-    Holds the mask statistics (shared by every image), the sum of per-image cross
-    moments ``Σ_j R_j (K, C)``, the per-class sums ``Σ_{j: y_j=c} R_j[:, c]`` and counts.
+    Every image sees the same mask stream, so the mask statistics (count, mean, the ``K × K``
+    co-moment) are computed **once** (:func:`chipjax.perturb.shared_perturbation_stats`, one Gram for
+    the whole fit) and only per-image cross moments are summed. The running sums live on the device
+    and one jitted update with donated buffers folds each batch in: there is no host round trip per
+    batch (the loop waits only for the batch ``MAX_INFLIGHT`` behind, to bound memory).
+
+    Sums (fields of :meth:`state`):
+      class_cross_sum ``(K, C)``: column c is ``Σ_{j: y_j = c} R_j[:, c]``, ``R_j = cross moment / N``.
+      class_var_sum ``(C,)``, class_counts ``(C,)``: the same for the score variances, and the image counts.
+      cross_sum ``(K, C)``, var_sum ``(C,)``: ``Σ_j R_j`` over the images whose every class was scored
+        (``classes="all"``, or unlabelled images); ``pooled_images`` counts them.
+
+    Args:
+      tap: the network split at the layer.
+      num_masks, keep_prob, score, seed: the mask stream and score (as image-level CHIP).
+      chunk_size: perturbed evaluations per step (images × masks).
+      classes: ``"seen"`` (default): a labelled image is scored for its own class only, and only the
+        classes that have images are solved; ``"all"``: every image is scored for every class, and
+        classes without images get the pooled statistics (this is the pre-issue-11 behaviour, and
+        ``C / 1`` times more cross-moment work).
+      compute_dtype: run the tail in this dtype (e.g. ``"bfloat16"``); statistics stay float32.
     """
 
-    def __init__(self, tap: Tap, *, num_masks: int, keep_prob: float, score: str, seed: int, chunk_size: int):
+    def __init__(self, tap: Tap, *, num_masks: int, keep_prob: float, score: str, seed: int, chunk_size: int,
+                 classes: str = "seen", compute_dtype=None):
         perturb.check_perturbation_args(num_masks, keep_prob, max(1, chunk_size), score)
+        if classes not in ("seen", "all"):
+            raise InputError(f"classes must be 'seen' (solve the classes that have images) or 'all', got {classes!r}")
         self.tap = tap
-        self.options = dict(num_masks=num_masks, keep_prob=float(keep_prob), score=score)
-        self.chunk_size = chunk_size
+        self.options = dict(num_masks=int(num_masks), keep_prob=float(keep_prob), score=score)
+        self.chunk_size = int(chunk_size)
+        self.classes = classes
+        self.compute_dtype = compute_dtype
         self.key = jax.random.PRNGKey(seed)
         self.mask_stats = None
-        self.cross_sum = None
-        self.class_cross_sum = None
-        self.var_sum = None
-        self.class_var_sum = None
-        self.class_counts = None
+        self.sums: dict | None = None
         self.num_images = 0
+        self._inflight: list = []
+
+    # the sums, by name (read-only views kept for callers of the earlier attributes)
+    def _sum(self, name):
+        return None if self.sums is None else self.sums[name]
+
+    cross_sum = property(lambda self: self._sum("cross_sum"))
+    class_cross_sum = property(lambda self: self._sum("class_cross_sum"))
+    var_sum = property(lambda self: self._sum("var_sum"))
+    class_var_sum = property(lambda self: self._sum("class_var_sum"))
+    class_counts = property(lambda self: self._sum("class_counts"))
+
+    def _init_sums(self, A: jax.Array) -> None:
+        K = A.shape[-1]
+        C = jax.eval_shape(self.tap.tail_fn, self.tap.variables, A[:1]).shape[-1]
+        z = lambda *shape: jnp.zeros(shape, jnp.float32)  # noqa: E731
+        self.sums = dict(cross_sum=z(K, C), class_cross_sum=z(K, C), var_sum=z(C), class_var_sum=z(C),
+                         class_counts=z(C), pooled_images=z())
 
     def add(self, x: jax.Array, labels=None) -> None:
-        """Fold a batch ``x (B, S, S, 3)`` with optional ``labels (B,)`` into the statistics."""
+        """Fold a batch ``x (B, S, S, 3)`` with optional ``labels (B,)`` (host ints) into the statistics."""
         A = self.tap.head(x)
         batch = A.shape[0]
-        chunk = min(max(1, self.chunk_size // batch), self.options["num_masks"])
-        s = perturb.perturbation_stats(self.tap.tail_fn, self.tap.variables, A, self.key, chunk=chunk,
-                                       **self.options)
-        R = st.cross(s)  # (B, K, C)
-        V = st.score_var(s)  # (B, C)
-        if self.cross_sum is None:
-            self.mask_stats = jax.tree_util.tree_map(lambda a: a[0], s)
-            self.cross_sum = jnp.zeros(R.shape[1:], jnp.float32)
-            self.class_cross_sum = jnp.zeros(R.shape[1:], jnp.float32)
-            self.var_sum = jnp.zeros(R.shape[2], jnp.float32)
-            self.class_var_sum = jnp.zeros(R.shape[2], jnp.float32)
-            self.class_counts = jnp.zeros(R.shape[2], jnp.float32)
-        self.cross_sum = self.cross_sum + R.sum(0)
-        self.var_sum = self.var_sum + V.sum(0)
+        if self.sums is None:
+            self._init_sums(A)
+        C = self.sums["class_counts"].shape[0]
         if labels is not None:
+            labels = np.asarray(labels).reshape(-1)
+            if labels.shape[0] != batch or labels.min(initial=0) < -1 or labels.max(initial=0) >= C:
+                raise InputError(f"labels must be {batch} class indices in 0..{C - 1} (-1: unlabelled), one per "
+                                 f"image; got {labels!r}")
+            own_class = self.classes == "seen" and labels.min(initial=0) >= 0
             labels = jnp.asarray(labels, jnp.int32)
-            onehot = jax.nn.one_hot(labels, R.shape[2], dtype=jnp.float32)  # (B, C)
-            self.class_cross_sum = self.class_cross_sum + jnp.einsum("bkc,bc->kc", R, onehot)
-            self.class_var_sum = self.class_var_sum + jnp.einsum("bc,bc->c", V, onehot)
-            self.class_counts = self.class_counts + onehot.sum(0)
+        else:
+            own_class = False
+        chunk = min(max(1, self.chunk_size // batch), self.options["num_masks"])
+        s = perturb.shared_perturbation_stats(self.tap.tail_fn, self.tap.variables, A, self.key, chunk=chunk,
+                                              classes=labels[:, None] if own_class else None,
+                                              compute_dtype=self.compute_dtype, **self.options)
+        if self.mask_stats is None:
+            K = A.shape[-1]
+            self.mask_stats = st.Stats(s.count, s.mask_mean, jnp.zeros(1), s.mask_comoment, jnp.zeros((K, 1)),
+                                       jnp.zeros(1))
+        if own_class:
+            self.sums = _add_own_class(self.sums, s.cross_comoment, s.score_sqdev, s.count, labels)
+        else:
+            self.sums = _add_all_classes(self.sums, s.cross_comoment, s.score_sqdev, s.count,
+                                         jnp.full((batch,), -1, jnp.int32) if labels is None else labels)
         self.num_images += batch
+        self._inflight.append(s.score_mean)
+        if len(self._inflight) > MAX_INFLIGHT:
+            self._inflight.pop(0).block_until_ready()
+
+    def block_until_ready(self) -> None:
+        """Wait until every batch given so far is folded in."""
+        if self.sums is not None:
+            jax.block_until_ready(self.sums)
+        self._inflight.clear()
 
     def state(self) -> dict:
-        """The running statistics as a tree of arrays (for checkpoints)."""
-        if self.cross_sum is None:
+        """The running statistics as a tree of host arrays (for checkpoints)."""
+        if self.sums is None:
             return {}
-        return {"mask_stats": {k: np.asarray(v) for k, v in self.mask_stats._asdict().items()},
-                "cross_sum": np.asarray(self.cross_sum), "class_cross_sum": np.asarray(self.class_cross_sum),
-                "var_sum": np.asarray(self.var_sum), "class_var_sum": np.asarray(self.class_var_sum),
-                "class_counts": np.asarray(self.class_counts), "num_images": np.asarray(self.num_images)}
+        out = {"mask_stats": {k: np.asarray(v) for k, v in self.mask_stats._asdict().items()}}
+        out.update({k: np.asarray(v) for k, v in self.sums.items()})
+        out["num_images"] = np.asarray(self.num_images)
+        return out
 
     def restore(self, state: dict) -> None:
         """Continue from :meth:`state` of an earlier run with the same options."""
         if not state:
             return
         self.mask_stats = st.Stats(**{k: jnp.asarray(v) for k, v in state["mask_stats"].items()})
-        self.cross_sum = jnp.asarray(state["cross_sum"])
-        self.class_cross_sum = jnp.asarray(state["class_cross_sum"])
-        self.var_sum = jnp.asarray(state["var_sum"])
-        self.class_var_sum = jnp.asarray(state["class_var_sum"])
-        self.class_counts = jnp.asarray(state["class_counts"])
+        names = ("cross_sum", "class_cross_sum", "var_sum", "class_var_sum", "class_counts", "pooled_images")
+        self.sums = {k: jnp.asarray(state[k], jnp.float32) for k in names}
         self.num_images = int(state["num_images"])
 
+    def fitted_classes(self) -> np.ndarray:
+        """``(C,)`` bool: the classes :meth:`to_model` solves."""
+        counts = np.asarray(self.sums["class_counts"])
+        if self.classes == "all" or float(self.sums["pooled_images"]) > 0:
+            return np.ones(counts.shape, bool)
+        return counts > 0
+
     def to_model(self, arch: str, config: dict) -> CHIP:
+        """Solve the lasso of every fitted class (:meth:`fitted_classes`); the other columns of W are 0."""
         if self.num_images == 0:
             raise InputError("no images were given to fit the CHIP model; check the data source")
+        self.block_until_ready()
         G = st.gram(self.mask_stats)
-        counts = self.class_counts
-        has_images = counts[None, :] > 0
-        R = jnp.where(has_images, self.class_cross_sum / jnp.maximum(counts, 1.0), self.cross_sum / self.num_images)
-        y_var = jnp.where(has_images[0], self.class_var_sum / jnp.maximum(counts, 1.0), self.var_sum / self.num_images)
+        fitted = self.fitted_classes()
+        cols = jnp.asarray(np.flatnonzero(fitted))
+        counts = self.sums["class_counts"][cols]
+        pooled = jnp.maximum(self.sums["pooled_images"], 1.0)
+        has_images = counts > 0
+        R = jnp.where(has_images[None], self.sums["class_cross_sum"][:, cols] / jnp.maximum(counts, 1.0),
+                      self.sums["cross_sum"][:, cols] / pooled)
+        y_var = jnp.where(has_images, self.sums["class_var_sum"][cols] / jnp.maximum(counts, 1.0),
+                          self.sums["var_sum"][cols] / pooled)
         lam = config["lam_ratio"] * solvers.lambda_max(R, nonneg=config["nonneg"])
-        W = solvers.lasso(G, R, lam, nonneg=config["nonneg"], tol=SOLVER_TOL, y_var=y_var)
-        return CHIP(weights=W, arch=arch, layer=self.tap.layer, config=config, cross_sum=self.cross_sum,
-                    class_cross_sum=self.class_cross_sum, class_counts=counts, mask_stats=self.mask_stats,
-                    num_images=self.num_images)
+        W_fitted = solvers.lasso(G, R, lam, nonneg=config["nonneg"], tol=SOLVER_TOL, y_var=y_var)
+        K, C = self.sums["class_cross_sum"].shape
+        W = jnp.zeros((K, C), W_fitted.dtype).at[:, cols].set(W_fitted)
+        return CHIP(weights=W, arch=arch, layer=self.tap.layer, config=config, cross_sum=self.sums["cross_sum"],
+                    class_cross_sum=self.sums["class_cross_sum"], class_counts=self.sums["class_counts"],
+                    mask_stats=self.mask_stats, num_images=self.num_images, fitted_classes=fitted)
+
+
+@partial(jax.jit, donate_argnums=(0,))
+def _add_own_class(sums: dict, cross: jax.Array, sqdev: jax.Array, count: jax.Array, labels: jax.Array) -> dict:
+    """Fold ``B`` images scored for their own class: ``cross (B, K, 1)``, ``sqdev (B, 1)``, ``labels (B,)``."""
+    R = cross[:, :, 0] / count  # (B, K)
+    return dict(sums, class_cross_sum=sums["class_cross_sum"].at[:, labels].add(R.T),
+                class_var_sum=sums["class_var_sum"].at[labels].add(sqdev[:, 0] / count),
+                class_counts=sums["class_counts"].at[labels].add(1.0))
+
+
+@partial(jax.jit, donate_argnums=(0,))
+def _add_all_classes(sums: dict, cross: jax.Array, sqdev: jax.Array, count: jax.Array, labels: jax.Array) -> dict:
+    """Fold ``B`` images scored for every class: ``cross (B, K, C)``, ``sqdev (B, C)``; ``labels (B,)``,
+    ``-1`` for an unlabelled image (it adds to the pooled sums only)."""
+    R, V = cross / count, sqdev / count
+    B = R.shape[0]
+    labelled = labels >= 0
+    own = jnp.where(labelled, labels, 0)
+    w = labelled.astype(R.dtype)
+    return dict(cross_sum=sums["cross_sum"] + R.sum(0), var_sum=sums["var_sum"] + V.sum(0),
+                pooled_images=sums["pooled_images"] + B,
+                class_cross_sum=sums["class_cross_sum"].at[:, own].add((R[jnp.arange(B), :, own] * w[:, None]).T),
+                class_var_sum=sums["class_var_sum"].at[own].add(V[jnp.arange(B), own] * w),
+                class_counts=sums["class_counts"].at[own].add(w))

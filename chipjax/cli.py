@@ -83,10 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="output folder (orbax)")
     _common(p)
 
-    p = sub.add_parser("fit", help="fit a class-level CHIP model over an image folder",
-                       description="Stream CHIP statistics over a folder of images (one sub-folder per class, or a "
-                                   "boxes.json list) and save the class-level model.")
-    p.add_argument("data", help="image folder")
+    p = sub.add_parser("fit", help="fit a class-level CHIP model over a data set",
+                       description="Stream CHIP statistics over a data set (an image folder with one sub-folder per "
+                                   "class or a boxes.json list, a folder with --labels FILE, ilsvrc:IMAGES_DIR with "
+                                   "--boxes, tfds:NAME_OR_DIR, or a bundled set) and save the class-level model. "
+                                   "Unreadable images are skipped and listed at the end.")
+    p.add_argument("data", help="FOLDER | ilsvrc:IMAGES_DIR | tfds:NAME_OR_DIR | composites | two-object | photos")
+    p.add_argument("--labels", default=None, help="labels file for FOLDER: lines 'relative/path.jpg LABEL'")
+    p.add_argument("--boxes", default=None, help="ILSVRC boxes (XML folder or LOC_val_solution.csv)")
+    p.add_argument("--split", default="train", help="tfds split (default train)")
+    p.add_argument("--num-images", type=int, default=None,
+                   help="use N images spread evenly over the data, so every class keeps its share (composites: how many)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the bundled composites (default 0)")
+    p.add_argument("--workers", type=int, default=2, help="decode + resize threads (default 2; 0: main thread)")
+    p.add_argument("--classes", default="seen", choices=("seen", "all"),
+                   help="solve only the classes that have images (seen, default) or all of them")
+    p.add_argument("--dtype", default=None, help="tail compute dtype, e.g. bfloat16 (default float32)")
     p.add_argument("--out", required=True, help="output folder for the CHIP model")
     p.add_argument("--layer", default=None, help="tap name (default: the model's last conv stage)")
     p.add_argument("--masks", type=int, default=2048, help="perturbed networks (default 2048)")
@@ -288,18 +300,25 @@ def cmd_eval(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .fit import fit_folder, remove_checkpoint
+    from .fit import fit_data_source, fit_source, remove_checkpoint
 
     _check_out_path(args.out)
+    source, data_id = fit_data_source(args.data, labels_file=args.labels, boxes=args.boxes, split=args.split,
+                                      num_images=args.num_images, seed=args.data_seed)
     model = _load_model(args)
     checkpoint = args.checkpoint or (os.path.abspath(args.out).rstrip(os.sep) + ".partial")
-    cm = fit_folder(model, args.data, layer=args.layer, num_masks=args.masks, keep_prob=args.keep_prob,
-                    lam_ratio=args.lam_ratio, batch_size=args.batch_size, seed=args.seed,
-                    progress=not args.quiet, checkpoint_dir=checkpoint, checkpoint_every=args.checkpoint_every)
+    cm = fit_source(model, source, data_id=data_id, layer=args.layer, num_masks=args.masks, keep_prob=args.keep_prob,
+                    lam_ratio=args.lam_ratio, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
+                    checkpoint_dir=checkpoint, checkpoint_every=args.checkpoint_every, num_workers=args.workers,
+                    classes=args.classes, compute_dtype=args.dtype)
     cm.save(args.out)
     remove_checkpoint(checkpoint)
+    loader = cm.fit_report["loader"]
+    if loader.skipped:
+        print(f"chipjax: {loader.summary()}", file=sys.stderr)
     if not args.quiet:
-        print(f"fitted CHIP on {cm.num_images} images at {cm.layer}; saved to {args.out}")
+        print(f"fitted CHIP on {cm.num_images} images at {cm.layer} ({cm.fit_report['images_per_s']:.2f} images/s, "
+              f"{cm.fit_report['evals_per_s']:,.0f} perturbed evaluations/s); saved to {args.out}")
     return 0
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "synset_to_index",
     "resolve_label",
     "folder_source",
+    "labels_file_source",
     "ilsvrc_xml_boxes",
     "ilsvrc_csv_boxes",
     "ilsvrc_source",
@@ -68,10 +69,16 @@ class Sample(NamedTuple):
 class Source(Sequence[Sample]):
     """A sized, indexable sequence of samples, each loaded on access by ``load(i)``."""
 
-    def __init__(self, size: int, load: Callable[[int], Sample], description: str):
+    def __init__(self, size: int, load: Callable[[int], Sample], description: str,
+                 name_of: Callable[[int], str] | None = None):
         self._size = int(size)
         self._load = load
+        self._name_of = name_of
         self.description = description
+
+    def name_of(self, i: int) -> str:
+        """Where sample ``i`` comes from (its file path when the source has files), without reading it."""
+        return self._name_of(int(i)) if self._name_of is not None else f"{self.description}[{int(i)}]"
 
     def __len__(self) -> int:
         return self._size
@@ -199,7 +206,7 @@ def _records_source(records: Sequence[tuple[str, int | None, np.ndarray, str]], 
         image = _load_rgb(path)
         return Sample(image, label, _clip_boxes(boxes, *image.shape[:2]), name)
 
-    return Source(len(records), load, description)
+    return Source(len(records), load, description, name_of=lambda i: records[i][0])
 
 
 # --- folders -------------------------------------------------------------------------------------
@@ -265,6 +272,45 @@ def folder_source(root: str | os.PathLike, boxes_file: str = "boxes.json", synse
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}, and no {boxes_file}")
     records = [(os.path.join(root, f), None, np.zeros((0, 4), np.float32), f) for f in files]
     return _records_source(records, f"images in {root}")
+
+
+def labels_file_source(root: str | os.PathLike, labels_file: str | os.PathLike,
+                       synsets: str | os.PathLike | None = None) -> Source:
+    """Images listed with their labels in a text file: ``RELATIVE_PATH LABEL`` or ``RELATIVE_PATH,LABEL``
+    per line (a first line ``file,label`` / ``path,label`` is a header; ``#`` starts a comment).
+
+    ``LABEL`` is a class index, a synset or a class name (:func:`resolve_label`); paths are relative to
+    ``root``. Images are taken in the listed order; no boxes. (The ILSVRC train ``LOC_train_solution``
+    style and the classic ``train.txt``/``val.txt`` lists both read this way.)
+    """
+    root, labels_file = os.fspath(root), os.fspath(labels_file)
+    if not os.path.isdir(root):
+        raise InputError(f"image folder not found: {root}")
+    if not os.path.isfile(labels_file):
+        raise InputError(f"labels file not found: {labels_file}; give lines 'relative/path.jpg LABEL'")
+    records = []
+    with open(labels_file, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = [p.strip() for p in (line.split(",") if "," in line else line.rsplit(None, 1))]
+            if line_no == 1 and parts[0].lower() in ("file", "path", "filename", "image"):
+                continue
+            where = f"{labels_file} line {line_no}"
+            if len(parts) != 2 or not parts[0]:
+                raise InputError(f"{where}: expected 'relative/path.jpg LABEL', got {line!r}")
+            path = os.path.join(root, parts[0])
+            if not os.path.isfile(path):
+                raise InputError(f"{where}: image file not found: {path}")
+            try:
+                label = resolve_label(parts[1], synsets)
+            except InputError as e:
+                raise InputError(f"{where}: {e}") from None
+            records.append((path, label, np.zeros((0, 4), np.float32), parts[0]))
+    if not records:
+        raise InputError(f"{labels_file} lists no images")
+    return _records_source(records, f"{labels_file}")
 
 
 def _json_records(root: str, json_path: str, synsets) -> list:

@@ -16,14 +16,15 @@ on GPU over NCCL. Launch example, two hosts (or two processes on one machine, co
     import sys
     import chipjax as cj
     from chipjax import distributed as dist
-    from chipjax.fit import preprocessed_batches
     from chipjax.data import folder_source
+    from chipjax.fit import fit_source
 
     dist.initialize("10.0.0.1:12355", num_processes=2, process_id=int(sys.argv[1]))
     model = cj.load_model("resnet50", weights="resnet50.pth")
-    samples = dist.host_shard(folder_source("/data/imagenet-val"))      # this host's images
-    chip = dist.fit_chip(model, "layer4", preprocessed_batches(model, samples, batch_size=8),
-                         num_masks=2048)
+    # the input pipeline reads this host's share (jax.process_index()) with decode + resize workers;
+    # the statistics are merged across the hosts at the end
+    chip = fit_source(model, folder_source("/data/ILSVRC/train"), layer="layer4", num_masks=2048,
+                      batch_size=32, num_workers=8)
     if dist.is_coordinator():
         chip.save("chip-resnet50-layer4")
 
@@ -31,7 +32,9 @@ on GPU over NCCL. Launch example, two hosts (or two processes on one machine, co
     # on the other host:  python fit_multihost.py 1
 
 The merged statistics equal those of one process streaming every image (to float32 rounding;
-``tests/test_distributed.py`` checks W with two processes on loopback).
+``tests/test_distributed.py`` checks W with two processes on loopback, for :func:`class_statistics` and
+for :func:`chipjax.fit.fit_source`). :func:`fit_chip` is the same for batches you shard yourself
+(:func:`host_shard`).
 """
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 What is measured (one *run* is a method at a layer, e.g. ``chip@head``; ``refined-chip`` fuses several
 layers, ``refined-chip@blocks.11.expand+blocks.15.expand+head``; RISE works on the input, ``rise@input``):
 
+* **Class-level CHIP** (``chip-class@LAYER``): one model per layer fitted on ``fit_data`` / ``--fit-data``, never
+  the evaluated images (refused), then one forward pass per image; see :func:`class_chip_models`.
 * **Targets.** Every map explains the sample's **ground-truth class** (localisation "GT-known"). A sample
   without a label is explained for the model's top-1 class and counts in no class-dependent metric.
 * **Classification**, once per image: the top-5 classes of the model. A prediction is right when it is
@@ -92,6 +94,10 @@ DELETION_PROTOCOLS = {"rise": "RISE protocol", "chipjax": "chipjax v1 protocol"}
 BUNDLED_SETS = ("photos", "composites", "two-object")
 ALL_METHODS = "chip,refined-chip,cam,gradcam,gradcam++,scorecam,ablationcam,rise"
 MAX_BOX_THRESHOLDS = np.arange(0.0, 1.0, 0.01)
+#: Class-level CHIP (``chip-class@LAYER``): fitted once on ``fit_data`` (disjoint from the evaluated images),
+#: then each image's map costs one forward pass. See :func:`class_chip_models`.
+CLASS_CHIP = "chip-class"
+CLASS_CHIP_DIR = "chip-class"
 
 RECORDS_FILE = "records.jsonl"
 CONFIG_FILE = "run.json"
@@ -206,8 +212,8 @@ def parse_runs(methods, layers, model) -> list[Run]:
     for entry in entries:
         method, at, layer_text = entry.partition("@")
         method = method.strip().lower()
-        if method not in METHODS:
-            raise InputError(f"unknown method {method!r} in {entry!r}; choose from {', '.join(METHODS)}")
+        if method not in METHODS and method != CLASS_CHIP:
+            raise InputError(f"unknown method {method!r} in {entry!r}; choose from {', '.join(METHODS)}, {CLASS_CHIP}")
         if method == "rise":
             candidates = [()]
         elif at:
@@ -556,9 +562,11 @@ def _prepare_batch(model, source: EvalSource, indices: Sequence[int]) -> _Batch:
     return _Batch(list(indices), [str(s.name) for s in samples], views, x, labels, targets, top5, ok1, ok5, boxes, masks)
 
 
-def _maps(model, batch: _Batch, run: Run, options: Mapping) -> np.ndarray:
+def _maps(model, batch: _Batch, run: Run, options: Mapping, class_models: Mapping | None = None) -> np.ndarray:
     from .methods import explain
 
+    if run.method == CLASS_CHIP:
+        return np.asarray(class_models[run.layers[0]].explain(model, batch.x, batch.targets), np.float32)
     maps = explain(model, batch.x, method=run.method, layer=run.layer_arg, target=[int(t) for t in batch.targets],
                    **dict(options.get(run.method, {})))
     return np.asarray(maps, np.float32)
@@ -585,12 +593,13 @@ def _dense_histograms(rows: Sequence[dict]) -> np.ndarray:
 
 
 def _unit_records(model, batch: _Batch, run: Run, metrics: Sequence[str], options: Mapping, settings: Settings,
-                  scorer, random_model, sanity: "SanityModels | None" = None) -> tuple[list[dict], np.ndarray]:
+                  scorer, random_model, sanity: "SanityModels | None" = None,
+                  class_models: Mapping | None = None) -> tuple[list[dict], np.ndarray]:
     """Records of one (batch, run) unit, and its maps ``(B, S, S)``."""
     from . import metrics as M
 
     t0 = time.perf_counter()
-    maps = _maps(model, batch, run, options)
+    maps = _maps(model, batch, run, options, class_models)
     records = []
     for b, i in enumerate(batch.indices):
         rec: dict[str, Any] = {"i": int(i), "name": batch.names[b], "run": run.key, "label": batch.labels[b],
@@ -636,7 +645,7 @@ def _unit_records(model, batch: _Batch, run: Run, metrics: Sequence[str], option
             rec["road_morf"], rec["road_lerf"] = float(rd["morf_mean"][b]), float(rd["lerf_mean"][b])
             rec["road_combined"] = float(rd["combined"][b])
     if "sanity" in metrics:
-        r = M.rank_correlations(maps, _maps(random_model, batch, run, options))
+        r = M.rank_correlations(maps, _maps(random_model, batch, run, options, class_models))
         for b, rec in enumerate(records):
             rec["sanity_r"] = float(r[b])
     if "sanity_layers" in metrics:
@@ -846,7 +855,7 @@ def run_config(model, source: EvalSource, runs, metrics, options, settings: Sett
 def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, layers=None, metrics=DEFAULT_METRICS,
              options: Mapping[str, Mapping] | None = None, out_dir: str = "chipjax_eval", resume: bool = True,
              progress: bool = True, checkpoint_every: int = 16, *, settings: Settings | None = None,
-             num_images: int | None = None, seed: int = 0, tune_source=None) -> dict:
+             num_images: int | None = None, seed: int = 0, tune_source=None, fit_data=None) -> dict:
     """Evaluate ``methods`` × ``layers`` on ``source`` with ``metrics``; write the table and plots to ``out_dir``.
 
     Args:
@@ -867,6 +876,9 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
       tune_source: a separate split (what ``source`` takes) on which each run's box threshold is tuned
         (its MaxBoxAcc threshold, evaluated in ``out_dir/tune``); the table then adds the box accuracy
         at that threshold on ``source`` (``box_acc_tuned``), as Choe et al. require.
+      fit_data: for ``chip-class`` runs, the samples the class-level models are fitted on: an
+        :class:`EvalSource`, a sequence of samples, or what :func:`load_source` takes (composites: use
+        another data seed, ``load_source("composites", seed=1)``). Must not be the evaluated images.
 
     Returns:
       ``{"summary": {run: {metric: value}}, "classification": {...}, "computed": records computed now,
@@ -886,6 +898,10 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
     metric_names = _check_metrics(metrics)
     opts = _check_options(options, runs)
     out_dir = _make_out_dir(out_dir)
+    class_models, fit_description = class_chip_models(model, runs, opts.get(CLASS_CHIP, {}), fit_data, src, out_dir,
+                                                      progress=progress)
+    if fit_description is not None:
+        opts = {**opts, CLASS_CHIP: {**opts.get(CLASS_CHIP, {}), "fit_data": fit_description}}
     tuned = None
     if tune_source is not None:  # tune each run's box threshold on the other split first
         tsrc = tune_source if isinstance(tune_source, EvalSource) else load_source(tune_source, num_images=num_images,
@@ -895,7 +911,7 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
                              f"(e.g. composites with another --data-seed)")
         tune = evaluate(model, tsrc, [r.key for r in runs], None, ("max_box_acc",), opts,
                         os.path.join(out_dir, "tune"), resume, progress, checkpoint_every,
-                        settings=dataclasses.replace(settings, bootstrap=0, num_examples=0))
+                        settings=dataclasses.replace(settings, bootstrap=0, num_examples=0), fit_data=fit_data)
         tuned = ({k: row["max_box_threshold"] for k, row in tune["summary"].items()}, tsrc.description)
         metric_names = _check_metrics(sorted(set(metric_names) | {"max_box_acc"}))
     config = run_config(model, src, runs, metric_names, opts, settings)
@@ -919,7 +935,7 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
             if current is None or current.indices != indices:
                 current = _prepare_batch(model, src, indices)
             records, maps = _unit_records(model, current, run, metric_names, opts, settings, scorer, random_model,
-                                          sanity)
+                                          sanity, class_models)
             for b, i in enumerate(indices):
                 if i < settings.num_examples:
                     _save_example(_example_path(out_dir, i, run), maps[b])
@@ -933,6 +949,93 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
         add_tuned_box_accuracy(summary, store.records.values(), *tuned, bootstrap=settings.bootstrap)
     write_outputs(out_dir, model, src, runs, metric_names, settings, opts, store, summary, classification)
     return {"summary": summary, "classification": classification, "computed": computed, "out_dir": out_dir}
+
+
+#: Options of a ``chip-class`` run that go to the fit (the rest are refused).
+CLASS_CHIP_FIT_OPTIONS = ("num_masks", "keep_prob", "lam_ratio", "score", "nonneg", "seed", "batch_size",
+                          "chunk_size", "classes", "num_workers")
+
+
+def _fit_samples(fit_data):
+    if isinstance(fit_data, EvalSource):
+        return fit_data
+    return load_source(fit_data)
+
+
+def _check_disjoint(fit: EvalSource, evaluated: EvalSource) -> None:
+    """Refuse a fit on the evaluated images (same description, or a shared sample name when both are in memory)."""
+    from .data import Source
+
+    if fit.description == evaluated.description:
+        raise InputError(f"class-level CHIP would be fitted on the evaluated images ({fit.description}); fit on a "
+                         f"disjoint split (composites: another --fit-data-seed)")
+    if not isinstance(fit.samples, Source) and not isinstance(evaluated.samples, Source):
+        shared = {str(s.name) for s in fit.samples} & {str(s.name) for s in evaluated.samples}
+        if shared:
+            raise InputError(f"the fit data and the evaluated data share {len(shared)} images (e.g. {sorted(shared)[0]}); "
+                             f"fit on a disjoint split")
+
+
+def class_chip_models(model, runs: Sequence[Run], options: Mapping, fit_data, evaluated: EvalSource, out_dir: str,
+                      progress: bool = False) -> tuple[dict, str | None]:
+    """Fit (or reload) the class-level CHIP model of every ``chip-class@LAYER`` run.
+
+    Protocol: the model of a layer is fitted on ``fit_data`` (never the evaluated images: the same
+    description or a shared sample name is refused) with :func:`chipjax.fit.fit_source` and ``options``
+    (:data:`CLASS_CHIP_FIT_OPTIONS`), saved under ``OUT/chip-class/`` (with a resumable ``.partial``
+    checkpoint) and reloaded by a resumed evaluation with the same settings.
+
+    Returns ``({layer: CHIP}, description of the fit data)``, or ``({}, None)`` without such runs.
+    """
+    from .chip import CHIP
+    from .fit import fit_source, remove_checkpoint
+
+    layers = [r.layers[0] for r in runs if r.method == CLASS_CHIP]
+    if not layers:
+        return {}, None
+    if fit_data is None:
+        raise InputError(f"{CLASS_CHIP} needs data to fit on, disjoint from the evaluated images: --fit-data SOURCE "
+                         f"(e.g. --data composites --fit-data composites --fit-data-seed 1)")
+    unknown = sorted(set(options) - set(CLASS_CHIP_FIT_OPTIONS) - {"fit_data"})
+    if unknown:
+        raise InputError(f"{CLASS_CHIP} options {unknown} are not fit options; use {', '.join(CLASS_CHIP_FIT_OPTIONS)}")
+    fit = _fit_samples(fit_data)
+    _check_disjoint(fit, evaluated)
+    fit_opts = {k: v for k, v in options.items() if k != "fit_data"}
+    models = {}
+    for layer in layers:
+        ident = json.dumps({"layer": layer, "data": fit.description, "n": len(fit.samples), **fit_opts}, sort_keys=True)
+        folder = os.path.join(out_dir, CLASS_CHIP_DIR, f"{layer}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}")
+        from . import io as cjio
+
+        if cjio.is_variables_dir(folder):
+            models[layer] = CHIP.load(folder, model=model, layer=layer)
+            continue
+        cm = fit_source(model, fit.samples, data_id=fit.description, layer=layer, progress=progress,
+                        checkpoint_dir=folder + ".partial", **fit_opts)
+        cm.save(folder)
+        remove_checkpoint(folder + ".partial")
+        log.info("chip-class@%s fitted on %s: %d images, %.1f images/s", layer, fit.description, cm.num_images,
+                 cm.fit_report["images_per_s"])
+        models[layer] = cm
+    _check_fitted_labels(models, evaluated)
+    return models, fit.description
+
+
+def _check_fitted_labels(models: Mapping, evaluated: EvalSource) -> None:
+    """Before anything is evaluated: every evaluated class must have had fit images (in-memory sources only;
+    a lazily read source is checked image by image as it is explained)."""
+    from .data import Source
+
+    if isinstance(evaluated.samples, Source):
+        return
+    labels = {int(s.label) for s in evaluated.samples if s.label is not None}
+    for layer, cm in models.items():
+        if cm.fitted_classes is not None:
+            missing = sorted(c for c in labels if not cm.fitted_classes[c])
+            if missing:
+                raise InputError(f"{CLASS_CHIP}@{layer}: the evaluated classes {missing[:10]} have no images in the fit "
+                                 f"data; fit on more images (--fit-num-images) or with --option {CLASS_CHIP}.classes=all")
 
 
 def _make_out_dir(out_dir: str) -> str:
@@ -1272,11 +1375,21 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--boxes", default=None, help="ILSVRC boxes: XML folder or LOC_val_solution.csv")
     p.add_argument("--split", default="validation", help="tfds split (default validation)")
     p.add_argument("--methods", default=ALL_METHODS,
-                   help="comma-separated methods, each optionally @LAYER (refined-chip@A+B+C); default: all")
+                   help="comma-separated methods, each optionally @LAYER (refined-chip@A+B+C); default: all. "
+                        "chip-class@LAYER: class-level CHIP fitted on --fit-data (one forward pass per image)")
     p.add_argument("--layers", default=None,
                    help="comma-separated taps crossed with the methods given without @ (default: the model's default)")
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
                    help=f"comma-separated from {', '.join(METRICS)}, or 'all' (default: all but sanity)")
+    p.add_argument("--fit-data", default=None,
+                   help="chip-class@LAYER: the data its class-level model is fitted on, disjoint from --data "
+                        "(FOLDER | ilsvrc:DIR | tfds:NAME | composites, with --fit-data-seed)")
+    p.add_argument("--fit-data-seed", type=int, default=1, help="seed of --fit-data composites (default 1)")
+    p.add_argument("--fit-num-images", type=int, default=None,
+                   help="fit on N images spread evenly over --fit-data (composites: how many to make)")
+    p.add_argument("--fit-split", default="train", help="tfds split of --fit-data (default train)")
+    p.add_argument("--fit-labels", default=None, help="labels file for a --fit-data FOLDER")
+    p.add_argument("--fit-boxes", default=None, help="ILSVRC boxes of an ilsvrc: --fit-data")
     p.add_argument("--masks", type=int, default=None, help="number of masks for chip, refined-chip and rise")
     p.add_argument("--keep-prob", type=float, default=None, help="CHIP channel keep probability")
     p.add_argument("--lam-ratio", type=float, default=None, help="CHIP λ as a fraction of λ_max")
@@ -1317,11 +1430,11 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 def eval_options(args, runs: Sequence[Run]) -> dict[str, dict]:
     """``{method: options}`` from the command line: shared flags go to the methods that take them."""
     methods = {r.method for r in runs}
-    shared = {"num_masks": (args.masks, ("chip", "refined-chip", "rise")),
-              "keep_prob": (args.keep_prob, ("chip", "refined-chip")),
-              "lam_ratio": (args.lam_ratio, ("chip", "refined-chip")),
-              "score": (args.score, ("chip", "refined-chip")),
-              "seed": (args.seed, ("chip", "refined-chip", "rise"))}
+    shared = {"num_masks": (args.masks, ("chip", "refined-chip", "rise", CLASS_CHIP)),
+              "keep_prob": (args.keep_prob, ("chip", "refined-chip", CLASS_CHIP)),
+              "lam_ratio": (args.lam_ratio, ("chip", "refined-chip", CLASS_CHIP)),
+              "score": (args.score, ("chip", "refined-chip", CLASS_CHIP)),
+              "seed": (args.seed, ("chip", "refined-chip", "rise", CLASS_CHIP))}
     out: dict[str, dict] = {}
     for name, (value, takers) in shared.items():
         if value is None:
@@ -1356,10 +1469,18 @@ def cmd_eval(args) -> int:
     model = load_model(args.model, weights=weights)
     runs = parse_runs(args.methods, args.layers, model)
     options = eval_options(args, runs)
+    fit_data = None
+    if args.fit_data is not None:
+        from .fit import fit_data_source
+
+        samples, data_id = fit_data_source(args.fit_data, labels_file=args.fit_labels, boxes=args.fit_boxes,
+                                           split=args.fit_split, num_images=args.fit_num_images,
+                                           seed=args.fit_data_seed)
+        fit_data = EvalSource(samples, data_id, _exact_label)
     try:
         result = evaluate(model, source, methods=[r.key for r in runs], metrics=metrics, options=options,
                           out_dir=args.out, resume=not args.restart, progress=not args.quiet,
-                          checkpoint_every=args.checkpoint_every, settings=settings,
+                          checkpoint_every=args.checkpoint_every, settings=settings, fit_data=fit_data,
                           tune_source=None if args.tune is None else
                           load_source(args.tune, num_images=args.num_images, seed=args.data_seed + 1,
                                       boxes=args.boxes, split=args.split))

@@ -213,3 +213,68 @@ def test_user_flax_module_explained_by_layer_name():
     assert np.isfinite(np.asarray(maps)).all() and float(maps.min()) >= 0 and float(maps.max()) <= 1
     with pytest.raises(cj.errors.LayerError, match="conv1"):
         cj.tap_module(module, variables, "conv9", x)
+
+
+def class_level_reference(V, feats, labels, num_masks, seed, lam_ratio):
+    """Class-level CHIP from first principles: the explicit masks, the toy tail's logits in numpy, and per class
+    one scikit-learn lasso on every (mask, image) pair of its images (each image's scores centred: its intercept)."""
+    from sklearn.linear_model import Lasso
+
+    from chipjax import perturb
+
+    masks = np.asarray(perturb.sample_masks(jax.random.PRNGKey(seed), jnp.arange(num_masks), K, 0.5))  # (N, K)
+    Mc = masks - masks.mean(0)
+    W = {}
+    for c in sorted(set(labels)):
+        ys = []
+        for A, y in zip(feats, labels):
+            if y == c:
+                scores = (A.mean(axis=(0, 1))[None] * masks) @ V[:, c]  # (N,) logit of class c
+                ys.append(scores - scores.mean())
+        X, y = np.tile(Mc, (len(ys), 1)), np.concatenate(ys)
+        lam = lam_ratio * np.abs(X.T @ y / len(y)).max()
+        W[c] = Lasso(alpha=lam, fit_intercept=False, tol=1e-10, max_iter=100000).fit(X, y).coef_
+    return W
+
+
+def test_class_level_fit_equals_scikit_learn_and_solves_only_seen_classes():
+    V, _, _ = planted_problem()
+    rng = np.random.default_rng(5)
+    feats = rng.uniform(0.5, 1.5, (6, H, H, K)).astype(np.float32)
+    labels = [2, 0, 2, 2, 0, 2]
+    tap = linear_tap(V)
+    acc = chip.ClassStatsAccumulator(tap, num_masks=256, keep_prob=0.5, score="logit", seed=4, chunk_size=96)
+    before = None
+    for i in range(0, 6, 3):
+        acc.add(jnp.asarray(feats[i:i + 3]), np.array(labels[i:i + 3]))
+        if before is not None:
+            assert before.is_deleted()  # the running sums are donated to the jitted update, not copied
+        before = acc.sums["class_cross_sum"]
+    assert acc.mask_stats.mask_comoment.shape == (K, K)  # one mask Gram for all images, not one per image
+    cm = acc.to_model("toy", dict(lam_ratio=0.05, nonneg=False))
+    W = np.asarray(cm.weights)
+    ref = class_level_reference(V, feats, labels, 256, 4, 0.05)
+    for c, w in ref.items():
+        np.testing.assert_allclose(W[:, c], w, rtol=1e-3, atol=1e-4 * np.abs(w).max())
+    assert cm.fitted_classes.tolist() == [True, False, True, False]
+    assert not W[:, [1, 3]].any()  # classes without images are not solved
+    with pytest.raises(InputError, match="had no images"):
+        cm.explain(type("M", (), {"name": "toy", "layers": ["features"], "tap": lambda self, l=None: tap})(),
+                   jnp.asarray(feats[:2]), jnp.array([1, 2]))
+    # "all" scores every class: the seen classes get the same weights, the others the pooled statistics
+    full = chip.ClassStatsAccumulator(tap, num_masks=256, keep_prob=0.5, score="logit", seed=4, chunk_size=96,
+                                      classes="all")
+    full.add(jnp.asarray(feats), np.array(labels))
+    Wall = np.asarray(full.to_model("toy", dict(lam_ratio=0.05, nonneg=False)).weights)
+    np.testing.assert_allclose(Wall[:, [0, 2]], W[:, [0, 2]], rtol=1e-4, atol=1e-6)
+    assert full.fitted_classes().all()  # every class solved (1 and 3 from the pooled statistics; V gives them 0)
+
+
+def test_class_level_model_remembers_its_fitted_classes(tmp_path):
+    cm = chip.CHIP(weights=jnp.ones((K, C)), arch="toy", layer="features", config={},
+                   fitted_classes=np.array([True, False, True, True]))
+    cm.save(tmp_path / "m")
+    back = chip.CHIP.load(tmp_path / "m")
+    assert back.fitted_classes.tolist() == [True, False, True, True]
+    with pytest.raises(InputError, match=r"\[1\]"):
+        back.check_fitted([0, 1])

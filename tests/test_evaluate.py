@@ -514,3 +514,42 @@ def test_each_class_map_peaks_on_its_own_object(coffee_and_pairs):
     assert len(nearer) >= 3
     assert all(nearer), nearer
     assert np.mean(inside) >= 0.5, inside
+
+
+# --- class-level CHIP in the runner (chip-class@LAYER, fitted on disjoint data) -------------------------------
+def test_class_level_chip_rows_fit_on_other_data_and_resume_without_refitting(lite0_small, tmp_path):
+    from chipjax import evalsets
+
+    evaluated = evalsets.composite_set(4, seed=0)
+    fit_on = evalsets.composite_set(16, seed=1)
+    labels = {s.label for s in evaluated}
+    assert labels <= {s.label for s in fit_on}
+    methods = "chip-class@head,gradcam@head"
+    options = {"chip-class": {"num_masks": 32, "batch_size": 4}}
+    out = tmp_path / "ev"
+    res = E.evaluate(lite0_small, evaluated, methods, None, "pointing,box_acc", options, str(out), progress=False,
+                     fit_data=fit_on)
+    assert set(res["summary"]) == {"chip-class@head", "gradcam@head"} and res["computed"] == 8
+    assert res["summary"]["chip-class@head"]["images"] == 4
+    assert "chip-class@head" in (out / "results.md").read_text()
+    (folder,) = (out / "chip-class").iterdir()
+    from chipjax.chip import CHIP
+
+    model = CHIP.load(folder)
+    assert model.num_images == 16 and model.layer == "head"
+    assert sorted(np.flatnonzero(model.fitted_classes)) == sorted({s.label for s in fit_on})
+    # the maps are the saved model's one-forward-pass maps
+    rec = [r for r in E.read_records(str(out / "records.jsonl")) if r["run"] == "chip-class@head"]
+    assert len(rec) == 4
+    again = E.evaluate(lite0_small, evaluated, methods, None, "pointing,box_acc", options, str(out), progress=False,
+                       fit_data=fit_on)
+    assert again["computed"] == 0 and again["summary"] == res["summary"]
+    with pytest.raises(InputError, match="disjoint"):
+        E.evaluate(lite0_small, evaluated, "chip-class@head", None, "pointing", options, str(tmp_path / "same"),
+                   progress=False, fit_data=evaluated)
+    with pytest.raises(InputError, match="--fit-data"):
+        E.evaluate(lite0_small, evaluated, "chip-class@head", None, "pointing", options, str(tmp_path / "none"),
+                   progress=False)
+    with pytest.raises(InputError, match="no images in the fit"):
+        E.evaluate(lite0_small, evaluated, "chip-class@head", None, "pointing", options, str(tmp_path / "few"),
+                   progress=False, fit_data=[s for s in fit_on if s.label != evaluated[0].label])
