@@ -6,6 +6,10 @@ residual block each), ``"avgpool"`` (global average pool, ``(B, C)``) and ``"fc"
 Tap aliases ``"layer1"`` … ``"layer4"`` name the last block of each stage. Variables
 convert from a torchvision ``state_dict`` with
 :func:`chipjax.io.torchvision_map.convert_resnet`.
+
+ResNeXt (``resnext50_32x4d``, ``resnext101_32x8d``, ``resnext101_64x4d``) and Wide ResNet
+(``wide_resnet50_2``, ``wide_resnet101_2``) are the same network with a grouped / wider 3x3 conv in
+the Bottleneck (:data:`RESNET_VARIANTS`, :func:`resnet_variant_spec`), same unit and tap names.
 """
 from __future__ import annotations
 
