@@ -47,7 +47,7 @@ def tiny():
     module = TinyCNN()
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 32, 32, 3)), jnp.float32)
     variables = numpy_init(module, x, seed=0)
-    taps = {name: cj.tap_module(module, variables, name, x[:1]) for name in ("act2", "conv3", "act3")}
+    taps = {name: cj.tap_module(module, name, x[:1], variables) for name in ("act2", "conv3", "act3")}
     return module, variables, x, taps
 
 
@@ -106,9 +106,9 @@ def test_gradients_are_per_image_target_logit_gradients(tiny):
     module, variables, x, taps = tiny
     tap = taps["act2"]
     A = tap.head(x)
-    g = cams.target_gradients(tap.tail_fn, variables, A, jnp.array([3, 7]))
+    g = cams.target_gradients(tap.tail_fn, tap.variables, A, jnp.array([3, 7]))
     for b, t in enumerate((3, 7)):
-        ref = jax.grad(lambda a: tap.tail_fn(variables, a)[0, t])(A[b:b + 1])
+        ref = jax.grad(lambda a: tap.tail_fn(tap.variables, a)[0, t])(A[b:b + 1])
         np.testing.assert_allclose(np.asarray(g[b:b + 1]), np.asarray(ref), rtol=1e-5, atol=1e-7)
 
 
@@ -119,7 +119,7 @@ def test_cam_weights_are_the_fc_weights_and_map_equals_gradcam(tiny):
     _, variables, x, taps = tiny
     tap, targets = taps["act3"], jnp.array([3, 7])
     A = tap.head(x)
-    grads = cams.target_gradients(tap.tail_fn, variables, A, targets)
+    grads = cams.target_gradients(tap.tail_fn, tap.variables, A, targets)
     kernel = np.asarray(variables["params"]["fc"]["kernel"])  # (K, C)
     np.testing.assert_allclose(np.asarray(cams.cam_weights(grads)), kernel[:, [3, 7]].T, rtol=1e-5, atol=1e-7)
     cam = cams.cam_maps(tap, x, targets)
@@ -144,7 +144,7 @@ def test_ablation_weights_on_a_linear_tail_are_the_exact_channel_effects(tiny):
     y = np.asarray(tap.tail(A))[[0, 1], [3, 7]]
     effect = np.asarray(A).mean(axis=(1, 2)) * kernel[:, [3, 7]].T  # y − y^(k): channel k's share of the logit
     for chunk in (5, 64):  # 16 channels: a padded last chunk, and one chunk
-        W = cams.ablation_weights(tap.tail_fn, variables, A, targets, chunk=chunk)
+        W = cams.ablation_weights(tap.tail_fn, tap.variables, A, targets, chunk=chunk)
         np.testing.assert_allclose(np.asarray(W), effect / y[:, None], rtol=1e-4, atol=1e-6)
 
 
@@ -161,7 +161,7 @@ def test_scorecam_weights_match_a_channel_by_channel_loop(tiny):
         logits[:, k] = out[[0, 1], targets]
     want = np.exp(logits - logits.max(1, keepdims=True))
     want /= want.sum(1, keepdims=True)  # pytorch-grad-cam: softmax over channels of the target logits
-    got = cams.scorecam_weights(tap.head_fn, tap.tail_fn, variables, x, jnp.asarray(A), jnp.array(targets), chunk=6)
+    got = cams.scorecam_weights(tap.head_fn, tap.tail_fn, tap.variables, x, jnp.asarray(A), jnp.array(targets), chunk=6)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-6)
 
 

@@ -206,13 +206,13 @@ def test_user_flax_module_explained_by_layer_name():
     module = SmallCNN()
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
     variables = module.init(jax.random.PRNGKey(1), x)
-    tap = cj.tap_module(module, variables, "conv2", x)
+    tap = cj.tap_module(module, "conv2", x, variables)
     np.testing.assert_allclose(np.asarray(tap.tail(tap.head(x))), np.asarray(module.apply(variables, x)), atol=1e-5)
     maps = cj.explain(tap, x, method="chip", num_masks=64)
     assert maps.shape == (2, 16, 16)
     assert np.isfinite(np.asarray(maps)).all() and float(maps.min()) >= 0 and float(maps.max()) <= 1
     with pytest.raises(cj.errors.LayerError, match="conv1"):
-        cj.tap_module(module, variables, "conv9", x)
+        cj.tap_module(module, "conv9", x, variables)
 
 
 def class_level_reference(V, feats, labels, num_masks, seed, lam_ratio):

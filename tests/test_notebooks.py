@@ -46,7 +46,7 @@ def _build_module():
 def test_every_notebook_is_found():
     names = [p.stem for p in NOTEBOOKS]
     assert names == ["01_quickstart", "02_any_layer", "03_class_level_chip", "04_bring_your_weights", "05_evaluate",
-                     "06_dataset_scale"]
+                     "06_dataset_scale", "07_your_nnx_network"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
