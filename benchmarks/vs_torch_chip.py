@@ -172,7 +172,8 @@ def torch_chip(head, tail, xt, target: int, num_masks: int, *, batch: int = 64, 
 # ------------------------------------------------------------------------------------------------
 
 
-def run_tap(name: str, layer: str, size: int, num_masks: int, reps: int, ablation: bool) -> tuple[list, dict]:
+def run_tap(name: str, layer: str, size: int, num_masks: int, reps: int, ablation: bool,
+            auto: bool = True) -> tuple[list, dict]:
     import jax
     import jax.numpy as jnp
 
@@ -194,8 +195,9 @@ def run_tap(name: str, layer: str, size: int, num_masks: int, reps: int, ablatio
         fit_counts.append(fit.num_masks)
         return heatmap(A, fit.weights, xj.shape[1:3])
 
-    cases = {"chipjax CHIP": chip_fixed, "torch CHIP": lambda: torch_chip(head, tail, xt, target, num_masks),
-             "chipjax CHIP auto": chip_auto}
+    cases = {"chipjax CHIP": chip_fixed, "torch CHIP": lambda: torch_chip(head, tail, xt, target, num_masks)}
+    if auto:
+        cases["chipjax CHIP auto"] = chip_auto
     if ablation:
         from pytorch_grad_cam import AblationCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -247,6 +249,8 @@ def main(argv=None):
     p.add_argument("--masks", type=int, default=None, help="mask count (default 2048; 256 with --quick)")
     p.add_argument("--size", type=int, default=None, help="ResNet input side (default 224; 112 with --quick)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--no-auto", action="store_true", help="skip the num_masks='auto' rows")
+    p.add_argument("--no-ablation", action="store_true", help="skip pytorch-grad-cam's AblationCAM")
     args = p.parse_args(argv)
     common.set_threads(args.threads)
     taps = (args.taps or ("resnet18:layer3,lite0:head" if args.quick else
@@ -257,8 +261,8 @@ def main(argv=None):
     rows, facts = [], {}
     for spec in taps:
         name, layer = spec.split(":")
-        tap_rows, facts[spec] = run_tap(name, layer, size, num_masks, reps,
-                                        ablation=name.startswith("resnet") and layer == "layer3")
+        tap_rows, facts[spec] = run_tap(name, layer, size, num_masks, reps, auto=not args.no_auto,
+                                        ablation=name.startswith("resnet") and layer == "layer3" and not args.no_ablation)
         rows += tap_rows
     headers = ["tap", "method", "perturbed evals", "s / image", "ms / eval", "torch CHIP time / this"]
     body = common.table(headers, [[r["tap"], r["method"], r["evals"], r["per_image"], 1e3 * r["per_eval"],
