@@ -255,11 +255,12 @@ def cam_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array 
     """CAM heat maps; only at a tap whose tail is global average pooling + linear.
 
     Raises :class:`InputError` when the gradient of the target logit is not spatially
-    constant on these images (a non-linear tail), e.g. inside the last stage.
+    constant on these images (a non-linear tail), e.g. inside the last stage. Under ``jit``
+    (traced gradients) that check cannot run and is skipped.
     """
     A = feature_maps(tap, x, features)
     grads = target_gradients(tap.tail_fn, tap.variables, A, as_targets(targets))
-    if float(jnp.max(spatial_spread(grads))) > CAM_TOLERANCE:
+    if not isinstance(grads, jax.core.Tracer) and float(jnp.max(spatial_spread(grads))) > CAM_TOLERANCE:
         raise InputError(f"CAM needs a tap right before global average pooling + linear, e.g. layer4 / head; "
                          f"use gradcam here (the tail after {tap.layer} is not linear in the pooled features)")
     return heatmap(A, cam_weights(grads), x.shape[1:3])
@@ -351,7 +352,8 @@ def rise_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array
     chunk = perturb.items_per_step(_whole_network(tap), tap.variables, x, num_items=int(num_masks),
                                    chunk_size=chunk_size, default=64, memory_budget=memory_budget,
                                    compute_dtype=compute_dtype)
-    sal = rise_saliency(tap.head_fn, tap.tail_fn, tap.variables, x, as_targets(targets), jax.random.PRNGKey(seed),
+    sal = rise_saliency(tap.head_fn, tap.tail_fn, tap.variables, x, as_targets(targets),
+                        jax.random.PRNGKey(perturb.check_seed(seed)),
                         num_masks=int(num_masks), chunk=chunk, grid=int(grid), keep_prob=float(keep_prob), score=score,
                         compute_dtype=_dtype(compute_dtype))
     return normalize01(sal)

@@ -217,7 +217,7 @@ def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = 0,
     chunk = None if chunk_size is None else perturb.masks_per_step(chunk_size, x.shape[0])
     options = dict(keep_prob=float(keep_prob), design=design, score=score, lam_ratio=float(lam_ratio),
                    nonneg=bool(nonneg), chunk=chunk, memory_budget=memory_budget, compute_dtype=compute_dtype)
-    key = jax.random.PRNGKey(seed)
+    key = jax.random.PRNGKey(perturb.check_seed(seed))
     if num_masks == "auto":
         W = auto_weights(tap, A, targets, key, x.shape[1:3], stability=stability, max_masks=max_masks,
                          **options).weights

@@ -87,7 +87,8 @@ def explain(model, x: jax.Array, method: str = "chip", layer: str | Sequence[str
 
     Args:
       model: a zoo :class:`~chipjax.models.base.Model`, or a :class:`~chipjax.tap.Tap`
-        (e.g. from :func:`chipjax.tap_module` for your own Flax module).
+        (e.g. from :func:`chipjax.tap_module` for your own Flax module); for ``refined-chip`` on
+        your own network, a list of its taps (shallow to deep).
       x: preprocessed images ``(B, S, S, 3)``.
       method: one of ``chip``, ``refined-chip``, ``cam``, ``gradcam``, ``gradcam++``,
         ``scorecam``, ``ablationcam``, ``rise``.
@@ -211,9 +212,17 @@ def _refined(model, x, layers, target, labels, fusion: str = "geometric", **opti
     from . import chip
 
     if isinstance(model, Tap):
-        raise InputError("refined-chip needs several layers: pass the model, not a single tap")
-    layers = list(model.spec.stage_layers) if layers is None else ([layers] if isinstance(layers, str) else list(layers))
-    taps = [model.tap(l) for l in layers]
+        raise InputError("refined-chip needs several layers: pass the model, or a list of taps of your network "
+                         "(e.g. [cj.tap_module(net, 'block2', x), cj.tap_module(net, 'block3', x)]), not a single tap")
+    if isinstance(model, (list, tuple)):  # taps of one user network, shallow to deep
+        if not model or not all(isinstance(t, Tap) for t in model) or layers is not None:
+            raise InputError("refined-chip on your own network takes a list of its taps (cj.tap_module), one per "
+                             "layer, and no layer argument")
+        taps = list(model)
+    else:
+        layers = (list(model.spec.stage_layers) if layers is None
+                  else ([layers] if isinstance(layers, str) else list(layers)))
+        taps = [model.tap(l) for l in layers]
     deepest = taps[-1].head(x)
     logits = taps[-1].tail(deepest)
     targets = resolve_targets(target, logits, labels)

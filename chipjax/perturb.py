@@ -89,6 +89,13 @@ def check_perturbation_args(num_masks: int, keep_prob: float, chunk_size: int, s
         raise InputError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
 
 
+def check_seed(seed) -> int:
+    """A mask seed as int; :class:`InputError` unless it is a whole number in ``[0, 2**63)``."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 63:
+        raise InputError(f"seed must be a whole number in [0, 2**63), got {seed!r}")
+    return int(seed)
+
+
 def chunk_for_budget(bytes_per_eval: int, budget_bytes: int, batch: int) -> int:
     """Masks per chunk so that ``chunk · batch · bytes_per_eval ≤ budget_bytes`` (at least 1)."""
     return max(1, int(budget_bytes // max(1, bytes_per_eval * batch)))

@@ -126,6 +126,22 @@ def test_cam_weights_are_the_fc_weights_and_map_equals_gradcam(tiny):
     np.testing.assert_allclose(np.asarray(cam), np.asarray(cams.gradcam_maps(tap, x, targets)), atol=1e-6)
 
 
+def test_every_map_function_runs_under_jit(tiny):
+    """README: every function is jit-compatible (CAM's linear-tail check cannot run on traced values: skipped)."""
+    _, _, x, taps = tiny
+    tap, targets = taps["act3"], jnp.array([3, 7])
+    for fn in (cams.cam_maps, cams.gradcam_maps, cams.gradcampp_maps):
+        jitted = jax.jit(lambda x, t, fn=fn: fn(tap, x, t))(x, targets)
+        np.testing.assert_allclose(np.asarray(jitted), np.asarray(fn(tap, x, targets)), atol=1e-5)
+
+
+def test_bad_seed_is_an_input_error(tiny):
+    _, _, x, taps = tiny
+    for seed in ("0", 1.5, -1, True):
+        with pytest.raises(cj.errors.InputError, match="seed"):
+            cams.rise_maps(taps["act3"], x, jnp.array([3, 7]), num_masks=8, seed=seed)
+
+
 @pytest.mark.parametrize("layer", ["act2", "conv3"])
 def test_cam_refuses_a_tap_with_a_nonlinear_tail(tiny, layer):
     _, _, x, taps = tiny

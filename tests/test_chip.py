@@ -213,6 +213,17 @@ def test_user_flax_module_explained_by_layer_name():
     assert np.isfinite(np.asarray(maps)).all() and float(maps.min()) >= 0 and float(maps.max()) <= 1
     with pytest.raises(cj.errors.LayerError, match="conv1"):
         cj.tap_module(module, "conv9", x, variables)
+    # Refined CHIP on the user's own network: a list of its taps, shallow to deep
+    taps = [cj.tap_module(module, name, x, variables) for name in ("conv1", "conv2")]
+    fused = cj.explain(taps, x, method="refined-chip", num_masks=64)
+    assert fused.shape == (2, 16, 16) and np.isfinite(np.asarray(fused)).all()
+    expected = chip.fuse_maps([cj.explain(t, x, method="chip", num_masks=64, target=jnp.argmax(module.apply(variables, x), -1))
+                               for t in taps])
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(expected), atol=1e-5)
+    with pytest.raises(InputError, match="list of its taps"):
+        cj.explain(taps, x, method="refined-chip", layer="conv1")
+    with pytest.raises(InputError, match="seed"):
+        cj.explain(tap, x, method="chip", num_masks=64, seed="0")
 
 
 def class_level_reference(V, feats, labels, num_masks, seed, lam_ratio):
