@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lam-ratio", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default=None, help="progress folder (default: OUT.partial); rerun to resume")
+    p.add_argument("--checkpoint", default=None,
+                   help="progress folder (default: one under ~/.cache/chipjax/fit named by the data and settings, "
+                        "not by --out); rerun to resume")
     p.add_argument("--checkpoint-every", type=int, default=10, help="batches between progress checkpoints")
     _model_args(p)
     _common(p)
@@ -117,17 +119,17 @@ def _cached_model(name: str, weights):
 
 
 def check_explain_args(args) -> None:
-    """Refuse bad options before any model is loaded."""
+    """Refuse bad options before any model is loaded (types, ranges and finiteness from :mod:`chipjax.options`)."""
     from .methods import METHODS
+    from .options import check_option
 
     if args.method not in METHODS:
         raise InputError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
-    if args.keep_prob is not None and not 0.0 < args.keep_prob < 1.0:
-        raise InputError(f"keep_prob must lie strictly between 0 and 1, got {args.keep_prob}")
-    if args.masks is not None and args.masks < 2:
-        raise InputError(f"--masks must be at least 2, got {args.masks}")
-    if args.lam_ratio is not None and not 0.0 <= args.lam_ratio < 1.0:
-        raise InputError(f"--lam-ratio must lie in [0, 1), got {args.lam_ratio}")
+    for name in ("keep_prob", "lam_ratio", "seed", "memory_budget"):
+        if getattr(args, name) is not None:
+            check_option(name, getattr(args, name))
+    if args.masks is not None:
+        check_option("rise_masks" if args.method == "rise" else "num_masks", args.masks)
 
 
 def _demo_image():
@@ -148,19 +150,11 @@ def method_options(args) -> dict:
 
 
 def parse_bytes(text: str | None) -> int | None:
-    """``"512M"``, ``"2G"``, ``"1.5GiB"`` or a plain byte count -> bytes; ``None`` stays ``None``."""
-    if text is None:
-        return None
-    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    raw = str(text).strip().upper().removesuffix("IB").removesuffix("B")
-    unit = raw[-1] if raw and raw[-1] in units else ""
-    try:
-        value = float(raw[: len(raw) - len(unit)])
-    except ValueError:
-        raise InputError(f"cannot read memory size {text!r}; write e.g. 512M or 2G") from None
-    if value <= 0:
-        raise InputError(f"memory size must be positive, got {text!r}")
-    return int(value * units[unit])
+    """``"512M"``, ``"2G"``, ``"1.5GiB"`` or a plain byte count -> bytes; ``None`` stays ``None``
+    (:func:`chipjax.options.parse_bytes`: finite and positive, or a one-line error naming ``--memory-budget``)."""
+    from .options import parse_bytes as parse
+
+    return parse(text)
 
 
 def _check_out_path(path: str) -> str:
@@ -184,10 +178,11 @@ def cmd_explain(args) -> int:
     check_explain_args(args)
     name = "demo" if args.demo else os.path.splitext(os.path.basename(args.image))[0]
     out = _check_out_path(args.out or f"chipjax_{name}.png")
+    viz.check_out(out)  # a folder, another extension, ...: refused before the computation
+    options = method_options(args)
     rgb = _demo_image() if args.demo else to_rgb_uint8(args.image)
     model = _load_model(args)
     x = model.preprocess(rgb)
-    options = method_options(args)
     layer = args.layer
     if args.method == "refined-chip" and layer:
         layer = [l.strip() for l in layer.split(",")]
@@ -197,8 +192,9 @@ def cmd_explain(args) -> int:
         cm = CHIP.load(args.chip_model, model=model, layer=args.layer)
         options = {"chip_model": cm}
         layer = cm.layer
-    logits = np.asarray(model(x))[0]
+    logits = finite_logits(model, x)[0]
     target = int(ex.resolve_targets(args.target, logits[None], model.labels)[0])
+    _note_ambiguous_class(args.target, target, model.labels)
     used_layer = layer if layer is not None else (list(model.spec.stage_layers) if args.method == "refined-chip"
                                                   else model.default_layer)
     t0 = time.perf_counter()
@@ -208,21 +204,48 @@ def cmd_explain(args) -> int:
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     layer_text = ",".join(used_layer) if isinstance(used_layer, list) else used_layer
-    viz.overlay(model.view(rgb), maps[0], class_name=model.labels[target], score=float(probs[target]),
-                method=args.method, layer=layer_text, out=out)
+    if not np.isfinite(maps).all():
+        raise ChipjaxError(f"the {args.method} map holds NaN or Inf values; the model or its weights are broken: "
+                           f"try another checkpoint")
+    viz.overlay(rgb, viz.map_on_photo(maps[0], model.spec.view, rgb.shape[:2]), class_name=model.labels[target],
+                score=float(probs[target]), method=args.method, layer=layer_text, out=out)
     if not args.quiet:
         print(f"{model.labels[target]} (class {target}, p={probs[target]:.3f}) — {args.method} @ {layer_text} -> {out}")
     return 0
+
+
+def finite_logits(model, x):
+    """``model(x)`` as numpy ``(B, C)``; :class:`ChipjaxError` when a logit is NaN or Inf (broken weights)."""
+    import numpy as np
+
+    logits = np.asarray(model(x))
+    if not np.isfinite(logits).all():
+        raise ChipjaxError(f"{model.name} ({model.weights}) gives NaN or Inf logits for this image; its weights are "
+                           f"damaged or diverged: use another checkpoint")
+    return logits
+
+
+def _note_ambiguous_class(given, chosen: int, labels) -> None:
+    """When ``--class NAME`` names several classes, say on stderr which one is explained and list the others."""
+    if not isinstance(given, str) or given.strip().isdigit() or not labels:
+        return
+    same = [i for i, l in enumerate(labels) if l.lower() == given.strip().lower()]
+    if len(same) > 1:
+        others = ", ".join(str(i) for i in same if i != chosen)
+        print(f"chipjax: note: {len(same)} classes are named {given!r}; explaining class {chosen}; "
+              f"give --class {others} for the other", file=sys.stderr)
 
 
 def cmd_predict(args) -> int:
     import numpy as np
 
     from .models.preprocess import to_rgb_uint8
+    from .options import check_option
 
+    check_option("top", args.top)
     rgb = to_rgb_uint8(args.image)
     model = _load_model(args)
-    logits = np.asarray(model(model.preprocess(rgb)))[0]
+    logits = finite_logits(model, model.preprocess(rgb))[0]
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     k = max(1, min(args.top, len(probs)))
@@ -277,16 +300,18 @@ def cmd_eval(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .fit import fit_folder, remove_checkpoint
+    from .data import folder_source
+    from .fit import check_fit_options, check_fit_out, fit_folder
 
-    _check_out_path(args.out)
+    check_fit_options(num_masks=args.masks, keep_prob=args.keep_prob, lam_ratio=args.lam_ratio,
+                      batch_size=args.batch_size, seed=args.seed, checkpoint_every=args.checkpoint_every)
+    check_fit_out(args.out)
+    folder_source(args.data)  # a missing or malformed folder, before the model loads
     model = _load_model(args)
-    checkpoint = args.checkpoint or (os.path.abspath(args.out).rstrip(os.sep) + ".partial")
     cm = fit_folder(model, args.data, layer=args.layer, num_masks=args.masks, keep_prob=args.keep_prob,
                     lam_ratio=args.lam_ratio, batch_size=args.batch_size, seed=args.seed,
-                    progress=not args.quiet, checkpoint_dir=checkpoint, checkpoint_every=args.checkpoint_every)
-    cm.save(args.out)
-    remove_checkpoint(checkpoint)
+                    progress=not args.quiet, checkpoint_dir=args.checkpoint or "auto",
+                    checkpoint_every=args.checkpoint_every, out=args.out)
     if not args.quiet:
         print(f"fitted CHIP on {cm.num_images} images at {cm.layer}; saved to {args.out}")
     return 0
