@@ -1005,6 +1005,7 @@ def test_eval_rerun_after_an_image_is_deleted_needs_no_restart(files, tmp_path, 
     assert "| cam@layer4 | 2 |" in (tmp_path / "ev" / "results.md").read_text()
 
 
+@pytest.mark.slow  # a ResNet-18 fit at 224 px
 def test_fit_resume_starts_over_when_the_images_changed(model, tmp_path, monkeypatch):
     from chipjax import fit as F
     from chipjax.chip import ClassStatsAccumulator
@@ -1033,6 +1034,7 @@ def test_fit_resume_starts_over_when_the_images_changed(model, tmp_path, monkeyp
 # --- 6: work never lost at the end ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a ResNet-18 fit at 224 px
 def test_fit_progress_survives_a_failed_save_and_another_out(files, tmp_path, monkeypatch, capsys):
     from chipjax.chip import ClassStatsAccumulator
 
