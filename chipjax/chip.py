@@ -351,11 +351,19 @@ class CHIP:
                              f"weights for them; fit on data that has them, or with classes='all' (pooled statistics)")
 
     def check_compatible(self, model) -> None:
+        """Refuse a model this CHIP model was not fitted on: another network, an unknown layer, or a weight
+        matrix whose shape ``(K, C)`` is not (channels at the layer, the model's classes)."""
         if model.name != self.arch:
             raise InputError(f"this CHIP model was fitted on {self.arch} at {self.layer}, not on {model.name}; "
                              f"load {self.arch} or fit a new CHIP model")
         if self.layer not in model.layers:
             raise InputError(f"this CHIP model's layer {self.layer} is not a layer of {model.name}")
+        want = (_channels_at(model, self.layer), len(model.labels) if getattr(model, "labels", None) else None)
+        got = tuple(np.shape(self.weights))
+        if len(got) != 2 or got[0] != want[0] or (want[1] is not None and got[1] != want[1]):
+            raise InputError(f"this CHIP model's weights have shape {got}, but {model.name} at {self.layer} needs "
+                             f"({want[0]}, {want[1]}) (channels, classes); the file was edited or fitted on "
+                             f"another network: fit a new CHIP model")
 
     def top_channels(self, target: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Indices and signed weights of the ``k`` channels of class ``target`` with the largest ``|weight|``
@@ -384,19 +392,38 @@ class CHIP:
         tree, meta = cjio.load_variables(directory)
         if not isinstance(meta, dict) or meta.get("kind") != "chip-model":
             raise WeightsError(f"{directory} is not a class-level CHIP model (write one with `chipjax fit`)")
-        out = cls(weights=jnp.asarray(tree["weights"]), arch=meta["arch"], layer=meta["layer"],
+        for key, kind in (("arch", str), ("layer", str), ("config", dict), ("num_images", int)):
+            if key in ("config", "num_images") and key not in meta:
+                continue
+            if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+                raise WeightsError(f"{directory}: the CHIP model's header lacks a valid {key!r} (a {kind.__name__}); "
+                                   f"the file was edited or damaged: fit the model again")
+        weights = tree.get("weights") if isinstance(tree, dict) else None
+        if weights is None or np.ndim(weights) != 2 or not np.issubdtype(np.asarray(weights).dtype, np.floating):
+            raise WeightsError(f"{directory}: the CHIP model holds no (K, C) float weight matrix; fit the model again")
+        fitted = tree.get("fitted_classes")
+        if fitted is not None and np.shape(fitted) != (np.shape(weights)[1],):
+            raise WeightsError(f"{directory}: the CHIP model's fitted_classes has shape {np.shape(fitted)}, not "
+                               f"({np.shape(weights)[1]},) (one flag per class); fit the model again")
+        out = cls(weights=jnp.asarray(weights), arch=meta["arch"], layer=meta["layer"],
                   config=meta.get("config", {}), num_images=meta.get("num_images", 0),
-                  fitted_classes=np.asarray(tree["fitted_classes"]).astype(bool) if "fitted_classes" in tree else None)
-        if model is not None:
-            out.check_compatible(model)
+                  fitted_classes=None if fitted is None else np.asarray(fitted).astype(bool))
         if layer is not None and layer != out.layer:
             raise InputError(f"this CHIP model was fitted at layer {out.layer}, not {layer}; leave the layer unset to "
                              f"use {out.layer}, or fit a CHIP model at {layer}")
+        if model is not None:
+            out.check_compatible(model)
         return out
 
 
 #: Batches a class-level fit may run ahead of the device before it waits (bounds memory; no per-batch sync).
 MAX_INFLIGHT = 2
+
+
+def _channels_at(model, layer: str) -> int:
+    """K, the channels of ``model``'s feature map at ``layer`` (shape inference only: nothing runs)."""
+    x = jax.ShapeDtypeStruct((1, model.input_size, model.input_size, 3), jnp.float32)
+    return int(jax.eval_shape(model.tap(layer).head_fn, model.variables, x).shape[-1])
 
 
 class ClassStatsAccumulator:

@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lam-ratio", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default=None, help="progress folder (default: OUT.partial); rerun to resume")
+    p.add_argument("--checkpoint", default=None,
+                   help="progress folder (default: one under ~/.cache/chipjax/fit named by the data and settings, "
+                        "not by --out); rerun to resume")
     p.add_argument("--checkpoint-every", type=int, default=10, help="batches between progress checkpoints")
     _model_args(p)
     _common(p)
@@ -130,19 +132,19 @@ def _cached_model(name: str, weights):
 
 
 def check_explain_args(args) -> None:
-    """Refuse bad options before any model is loaded."""
+    """Refuse bad options before any model is loaded (types, ranges and finiteness from :mod:`chipjax.options`)."""
     from .methods import METHODS
+    from .options import check_option
 
     if args.method not in METHODS:
         raise InputError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
-    if args.keep_prob is not None and not 0.0 < args.keep_prob < 1.0:
-        raise InputError(f"keep_prob must lie strictly between 0 and 1, got {args.keep_prob}")
-    if args.masks is not None and args.masks != "auto" and args.masks < 2:
-        raise InputError(f"--masks must be at least 2, got {args.masks}")
+    for name in ("keep_prob", "lam_ratio", "seed", "memory_budget"):
+        if getattr(args, name) is not None:
+            check_option(name, getattr(args, name))
     if args.masks == "auto" and args.method not in ("chip", "refined-chip"):
         raise InputError(f"--masks auto applies to CHIP only, not --method {args.method}; give a number")
-    if args.lam_ratio is not None and not 0.0 <= args.lam_ratio < 1.0:
-        raise InputError(f"--lam-ratio must lie in [0, 1), got {args.lam_ratio}")
+    if args.masks is not None:
+        check_option("rise_masks" if args.method == "rise" else "num_masks", args.masks)
 
 
 def _demo_image():
@@ -173,19 +175,11 @@ def mask_count(text: str):
 
 
 def parse_bytes(text: str | None) -> int | None:
-    """``"512M"``, ``"2G"``, ``"1.5GiB"`` or a plain byte count -> bytes; ``None`` stays ``None``."""
-    if text is None:
-        return None
-    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    raw = str(text).strip().upper().removesuffix("IB").removesuffix("B")
-    unit = raw[-1] if raw and raw[-1] in units else ""
-    try:
-        value = float(raw[: len(raw) - len(unit)])
-    except ValueError:
-        raise InputError(f"cannot read memory size {text!r}; write e.g. 512M or 2G") from None
-    if value <= 0:
-        raise InputError(f"memory size must be positive, got {text!r}")
-    return int(value * units[unit])
+    """``"512M"``, ``"2G"``, ``"1.5GiB"`` or a plain byte count -> bytes; ``None`` stays ``None``
+    (:func:`chipjax.options.parse_bytes`: finite and positive, or a one-line error naming ``--memory-budget``)."""
+    from .options import parse_bytes as parse
+
+    return parse(text)
 
 
 def _check_out_path(path: str) -> str:
@@ -209,10 +203,11 @@ def cmd_explain(args) -> int:
     check_explain_args(args)
     name = "demo" if args.demo else os.path.splitext(os.path.basename(args.image))[0]
     out = _check_out_path(args.out or f"chipjax_{name}.png")
+    viz.check_out(out)  # a folder, another extension, ...: refused before the computation
+    options = method_options(args)
     rgb = _demo_image() if args.demo else to_rgb_uint8(args.image)
     model = _load_model(args)
     x = model.preprocess(rgb)
-    options = method_options(args)
     layer = args.layer
     if args.method == "refined-chip" and layer:
         layer = [l.strip() for l in layer.split(",")]
@@ -226,26 +221,61 @@ def cmd_explain(args) -> int:
                                                   else model.default_layer)
     t0 = time.perf_counter()
     result = ex.explain_details(model, x, method=args.method, layer=layer, target=args.target, **options)
-    maps, logits, target = np.asarray(result.maps), np.asarray(result.logits)[0], int(result.targets[0])
+    logits = check_finite_logits(model, np.asarray(result.logits))[0]  # the explanation's own forward pass
+    maps, target = np.asarray(result.maps), int(result.targets[0])
+    _note_ambiguous_class(args.target, target, model.labels)
     log.info("explained in %.2f s", time.perf_counter() - t0)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     layer_text = ",".join(used_layer) if isinstance(used_layer, list) else used_layer
-    viz.overlay(model.view(rgb), maps[0], class_name=model.labels[target], score=float(probs[target]),
-                method=args.method, layer=layer_text, out=out)
+    if not np.isfinite(maps).all():
+        raise ChipjaxError(f"the {args.method} map holds NaN or Inf values; the model or its weights are broken: "
+                           f"try another checkpoint")
+    viz.overlay(rgb, viz.map_on_photo(maps[0], model.spec.view, rgb.shape[:2]), class_name=model.labels[target],
+                score=float(probs[target]), method=args.method, layer=layer_text, out=out)
     if not args.quiet:
         print(f"{model.labels[target]} (class {target}, p={probs[target]:.3f}) — {args.method} @ {layer_text} -> {out}")
     return 0
+
+
+def finite_logits(model, x):
+    """``model(x)`` as numpy ``(B, C)``; :class:`ChipjaxError` when a logit is NaN or Inf (broken weights)."""
+    import numpy as np
+
+    return check_finite_logits(model, np.asarray(model(x)))
+
+
+def check_finite_logits(model, logits):
+    """``logits (B, C)`` unchanged; :class:`ChipjaxError` when one is NaN or Inf (broken weights)."""
+    import numpy as np
+
+    if not np.isfinite(logits).all():
+        raise ChipjaxError(f"{model.name} ({model.weights}) gives NaN or Inf logits for this image; its weights are "
+                           f"damaged or diverged: use another checkpoint")
+    return logits
+
+
+def _note_ambiguous_class(given, chosen: int, labels) -> None:
+    """When ``--class NAME`` names several classes, say on stderr which one is explained and list the others."""
+    if not isinstance(given, str) or given.strip().isdigit() or not labels:
+        return
+    same = [i for i, l in enumerate(labels) if l.lower() == given.strip().lower()]
+    if len(same) > 1:
+        others = ", ".join(str(i) for i in same if i != chosen)
+        print(f"chipjax: note: {len(same)} classes are named {given!r}; explaining class {chosen}; "
+              f"give --class {others} for the other", file=sys.stderr)
 
 
 def cmd_predict(args) -> int:
     import numpy as np
 
     from .models.preprocess import to_rgb_uint8
+    from .options import check_option
 
+    check_option("top", args.top)
     rgb = to_rgb_uint8(args.image)
     model = _load_model(args)
-    logits = np.asarray(model(model.preprocess(rgb)))[0]
+    logits = finite_logits(model, model.preprocess(rgb))[0]
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     k = max(1, min(args.top, len(probs)))
@@ -300,19 +330,19 @@ def cmd_eval(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .fit import fit_data_source, fit_source, remove_checkpoint
+    from .fit import check_fit_options, check_fit_out, fit_data_source, fit_source
 
-    _check_out_path(args.out)
+    check_fit_options(num_masks=args.masks, keep_prob=args.keep_prob, lam_ratio=args.lam_ratio,
+                      batch_size=args.batch_size, seed=args.seed, checkpoint_every=args.checkpoint_every)
+    check_fit_out(args.out)
+    # a missing or malformed data folder, before the model loads
     source, data_id = fit_data_source(args.data, labels_file=args.labels, boxes=args.boxes, split=args.split,
                                       num_images=args.num_images, seed=args.data_seed)
     model = _load_model(args)
-    checkpoint = args.checkpoint or (os.path.abspath(args.out).rstrip(os.sep) + ".partial")
     cm = fit_source(model, source, data_id=data_id, layer=args.layer, num_masks=args.masks, keep_prob=args.keep_prob,
                     lam_ratio=args.lam_ratio, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
-                    checkpoint_dir=checkpoint, checkpoint_every=args.checkpoint_every, num_workers=args.workers,
-                    classes=args.classes, compute_dtype=args.dtype)
-    cm.save(args.out)
-    remove_checkpoint(checkpoint)
+                    checkpoint_dir=args.checkpoint or "auto", checkpoint_every=args.checkpoint_every,
+                    num_workers=args.workers, classes=args.classes, compute_dtype=args.dtype, out=args.out)
     loader = cm.fit_report["loader"]
     if loader.skipped:
         print(f"chipjax: {loader.summary()}", file=sys.stderr)

@@ -70,15 +70,21 @@ class Source(Sequence[Sample]):
     """A sized, indexable sequence of samples, each loaded on access by ``load(i)``."""
 
     def __init__(self, size: int, load: Callable[[int], Sample], description: str,
-                 name_of: Callable[[int], str] | None = None):
+                 name_of: Callable[[int], str] | None = None, digest: Callable[[int], str] | None = None):
         self._size = int(size)
         self._load = load
         self._name_of = name_of
+        self._digest = digest
         self.description = description
 
     def name_of(self, i: int) -> str:
         """Where sample ``i`` comes from (its file path when the source has files), without reading it."""
         return self._name_of(int(i)) if self._name_of is not None else f"{self.description}[{int(i)}]"
+
+    def digest(self, i: int) -> str | None:
+        """A hash of sample ``i``'s content (image bytes, label, boxes) without decoding the image, or
+        ``None`` when this source cannot tell it cheaply (results then depend on its description only)."""
+        return None if self._digest is None else self._digest(int(i))
 
     def __len__(self) -> int:
         return self._size
@@ -206,7 +212,28 @@ def _records_source(records: Sequence[tuple[str, int | None, np.ndarray, str]], 
         image = _load_rgb(path)
         return Sample(image, label, _clip_boxes(boxes, *image.shape[:2]), name)
 
-    return Source(len(records), load, description, name_of=lambda i: records[i][0])
+    def digest(i: int) -> str:
+        path, label, boxes, name = records[i]
+        return record_digest(path, label, boxes, name)
+
+    return Source(len(records), load, description, name_of=lambda i: records[i][0], digest=digest)
+
+
+def record_digest(path: str, label, boxes, name: str) -> str:
+    """sha256 (first 16 hex digits) of an image file's bytes and its label, boxes and name.
+
+    An unreadable file digests as ``missing:…`` (the sample is reported when it is loaded).
+    """
+    import hashlib
+
+    h = hashlib.sha256(f"{name}|{label}|{np.asarray(boxes, np.float32).round(3).tolist()}|".encode())
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        return f"missing:{type(e).__name__}"
+    return h.hexdigest()[:16]
 
 
 # --- folders -------------------------------------------------------------------------------------
@@ -319,6 +346,11 @@ def _json_records(root: str, json_path: str, synsets) -> list:
             table = json.load(f)
     except json.JSONDecodeError as e:
         raise InputError(f"{json_path} is not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{json_path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except RecursionError:
+        raise InputError(f"{json_path} nests its JSON too deeply to read; write it as "
+                         f'{{"images": [{{"file": ..., "label": ..., "boxes": [...]}}, ...]}}') from None
     entries = table.get("images") if isinstance(table, dict) else None
     if not isinstance(entries, list):
         raise InputError(f'{json_path} must hold {{"images": [{{"file": ..., "label": ..., "boxes": [...]}}, ...]}}')

@@ -139,6 +139,11 @@ class Settings:
     sanity_depth: int = 0
 
     def check(self) -> "Settings":
+        from .options import check_option
+
+        for name in ("box_threshold", "iou", "pointing_tolerance", "deletion_steps", "batch_size", "score_batch",
+                     "num_examples", "sanity_top"):
+            check_option(name, getattr(self, name))  # type, range and finiteness (NaN refused) of each
         if not 0.0 <= self.box_threshold <= 1.0:
             raise InputError(f"box threshold must lie in [0, 1] (a fraction of the map's maximum), got {self.box_threshold}")
         if not 0.0 < self.iou <= 1.0:
@@ -540,12 +545,41 @@ class _Batch:
     masks: list | None = None     # (S, S) bool object pixels, where the source has them
 
 
-def _prepare_batch(model, source: EvalSource, indices: Sequence[int]) -> _Batch:
+def _load_samples(source: EvalSource, indices: Sequence[int], skip_bad: bool) -> tuple[list, list, dict]:
+    """``(indices, samples, {index: reason})``: the samples that load, and (with ``skip_bad``) why the others
+    did not; without it the first unreadable sample is an error that says how to skip it."""
+    good, samples, bad = [], [], {}
+    for i in indices:
+        try:
+            samples.append(source.samples[i])
+            good.append(i)
+        except ChipjaxError as e:
+            if not skip_bad:
+                raise type(e)(f"{e}; rerun with --skip-bad to skip (and list) such samples") from None
+            bad[i] = str(e)
+    return good, samples, bad
+
+
+def dropped_reason(boxes_given: np.ndarray, boxes_seen: np.ndarray) -> str | None:
+    """Why a sample with boxes counts in no box metric: all its boxes ``(G, 4)`` (in the image) have no area,
+    or none is left in the network's view ``boxes_seen (G, 4)``; ``None`` when it counts (or has no boxes)."""
+    given = np.asarray(boxes_given, np.float64).reshape(-1, 4)
+    if len(given) == 0:
+        return None
+    if not np.any((given[:, 2] > given[:, 0]) & (given[:, 3] > given[:, 1])):
+        return "every box lies outside the image"
+    seen = np.asarray(boxes_seen, np.float64).reshape(-1, 4)
+    if not np.any((seen[:, 2] > seen[:, 0]) & (seen[:, 3] > seen[:, 1])):
+        return "every box lies outside the network's view (cropped away)"
+    return None
+
+
+def _prepare_batch(model, source: EvalSource, indices: Sequence[int], samples=None) -> _Batch:
     import jax.numpy as jnp
 
     from . import metrics as M
 
-    samples = [source.samples[i] for i in indices]
+    samples = [source.samples[i] for i in indices] if samples is None else samples
     views = [model.view(s.image) for s in samples]
     x = jnp.concatenate([jnp.asarray(model.spec.normalize(v)[None], jnp.float32) for v in views])
     logits = np.asarray(model(x))
@@ -559,7 +593,10 @@ def _prepare_batch(model, source: EvalSource, indices: Sequence[int]) -> _Batch:
         ok5.append(None if accepted is None else bool(any(int(c) in accepted for c in top5[b])))
     boxes = [boxes_in_view(s.boxes, s.image.shape[:2], model.spec.view) for s in samples]
     masks = [M.boxes_to_mask(b, v.shape[:2]) for b, v in zip(boxes, views)] if source.boxes_are_masks else None
-    return _Batch(list(indices), [str(s.name) for s in samples], views, x, labels, targets, top5, ok1, ok5, boxes, masks)
+    batch = _Batch(list(indices), [str(s.name) for s in samples], views, x, labels, targets, top5, ok1, ok5, boxes,
+                   masks)
+    batch.dropped = [dropped_reason(s.boxes, b) for s, b in zip(samples, boxes)]
+    return batch
 
 
 def _maps(model, batch: _Batch, run: Run, options: Mapping, class_models: Mapping | None = None) -> np.ndarray:
@@ -607,6 +644,8 @@ def _unit_records(model, batch: _Batch, run: Run, metrics: Sequence[str], option
                                "top1_ok": batch.top1_ok[b], "top5_ok": batch.top5_ok[b]}
         gt = batch.boxes[b]
         has_box = bool(np.any((gt[:, 2] > gt[:, 0]) & (gt[:, 3] > gt[:, 1])))
+        if getattr(batch, "dropped", None) and batch.dropped[b]:
+            rec["dropped"] = batch.dropped[b]
         if "pointing" in metrics:
             rec["pointing"] = bool(M.pointing_game(maps[b:b + 1], [batch.boxes[b]], settings.pointing_tolerance)[0]) \
                 if has_box else None
@@ -673,25 +712,43 @@ def _atomic_write(path: str, data: bytes) -> None:
             os.remove(tmp)
 
 
-def read_records(path: str) -> list[dict]:
-    """The complete records of a ``records.jsonl``; a line a crash cut short (or any unreadable line) is
-    skipped, and a record whose (image, run) came earlier is ignored."""
+def record_checksum(rec: Mapping) -> str:
+    """crc32 (8 hex digits) of a record's JSON without its ``crc`` field: written with each record."""
+    import zlib
+
+    text = json.dumps({k: v for k, v in rec.items() if k != "crc"}, sort_keys=True)
+    return f"{zlib.crc32(text.encode()) & 0xFFFFFFFF:08x}"
+
+
+def read_records(path: str, damaged: list | None = None) -> list[dict]:
+    """The complete records of a ``records.jsonl``, in file order, one per (image, run): a later line
+    replaces an earlier one (a sample recomputed after its data changed).
+
+    A line a crash cut short (it does not end in ``}``) is skipped silently; a line that ends like a
+    record but does not parse or does not match its ``crc`` is damaged: skipped (so recomputed), and
+    its line number appended to ``damaged`` when given. Records come back without their ``crc``.
+    """
     if not os.path.isfile(path):
         return []
-    out, seen = [], set()
+    out: dict[tuple[int, str], dict] = {}
     with open(path, "rb") as f:
-        for line in f.read().split(b"\n"):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                key = (int(rec["i"]), str(rec["run"]))
-            except (ValueError, KeyError, TypeError):
-                continue
-            if key not in seen:
-                seen.add(key)
-                out.append(rec)
-    return out
+        lines = f.read().split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            key = (int(rec["i"]), str(rec["run"]))
+            if "crc" in rec and rec["crc"] != record_checksum(rec):
+                raise ValueError("checksum")
+        except (ValueError, KeyError, TypeError):
+            if damaged is not None and line.rstrip().endswith(b"}"):
+                damaged.append(number)
+            continue
+        rec.pop("crc", None)
+        out.pop(key, None)
+        out[key] = rec
+    return list(out.values())
 
 
 class RecordStore:
@@ -715,17 +772,31 @@ class RecordStore:
             _clear_examples(out_dir)
         if old != config or not resume:
             _atomic_write(config_path, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
-        self.records = {(int(r["i"]), r["run"]): r for r in read_records(self.path)}
+        damaged: list[int] = []
+        self.records = {(int(r["i"]), r["run"]): r for r in read_records(self.path, damaged)}
+        if damaged:
+            log.warning("chipjax: %d damaged record(s) in %s (line %s) are ignored and computed again", len(damaged),
+                        self.path, ", ".join(map(str, damaged[:5])) + (", ..." if len(damaged) > 5 else ""))
+        self.damaged = damaged
         self.on_disk = len(self.records)
         self.buffer: list[dict] = []
+        self.digests: Sequence[str] | None = None  # per-sample content hashes; records of other content are stale
+
+    def current(self, i: int, run_key: str) -> dict | None:
+        """The record of (image ``i``, run), if it was computed from the sample as it is now."""
+        rec = self.records.get((int(i), run_key))
+        if rec is None or (self.digests is not None and (i >= len(self.digests)
+                                                         or rec.get("sample") != self.digests[i])):
+            return None
+        return rec
 
     def done(self, indices: Iterable[int], run: Run) -> bool:
-        return all((int(i), run.key) in self.records for i in indices)
+        return all(self.current(i, run.key) is not None for i in indices)
 
     def add(self, records: Sequence[dict]) -> None:
         for rec in records:
             key = (int(rec["i"]), rec["run"])
-            if key not in self.records:
+            if self.current(*key) is None:
                 self.records[key] = rec
                 self.buffer.append(rec)
         if len(self.buffer) >= self.every:
@@ -735,7 +806,8 @@ class RecordStore:
         """Append the buffer to the JSONL file and ``fsync`` it."""
         if not self.buffer:
             return
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.buffer).encode()
+        text = "".join(json.dumps(dict(r, crc=record_checksum(r)), sort_keys=True) + "\n"
+                       for r in self.buffer).encode()
         with open(self.path, "ab+") as f:
             f.seek(0, os.SEEK_END)
             if f.tell():
@@ -825,15 +897,30 @@ def _check_options(options, runs: Sequence[Run]) -> dict[str, dict]:
 
 
 def _fingerprint(source: EvalSource) -> str:
-    """A hash of the samples' names, labels, boxes and sizes; for a lazily loading
-    :class:`chipjax.data.Source` (which would read every image) only of its description and size."""
+    """A hash of the source's description (what it is); its content is hashed per sample (:func:`sample_digests`)."""
+    return hashlib.sha256(f"{source.description}\n".encode()).hexdigest()[:16]
+
+
+def sample_digests(source: EvalSource) -> list[str]:
+    """A content hash per sample: the image bytes, label, boxes and name, so a record computed from a sample
+    that has changed since (an edited boxes.json, a replaced photo) is recomputed.
+
+    A :class:`chipjax.data.Source` hashes its files without decoding them
+    (:meth:`~chipjax.data.Source.digest`); one that cannot (tensorflow-datasets, whose prepared files do
+    not change) is identified by its description and the index. In-memory samples hash their arrays.
+    """
     from .data import Source
 
-    h = hashlib.sha256(f"{source.description}|{len(source.samples)}\n".encode())
-    if not isinstance(source.samples, Source):
-        for s in source.samples:
-            h.update(f"{s.name}|{s.label}|{np.asarray(s.boxes).round(3).tolist()}|{s.image.shape}\n".encode())
-    return h.hexdigest()[:16]
+    samples = source.samples
+    if isinstance(samples, Source):
+        return [samples.digest(i) or f"{_fingerprint(source)}:{i}" for i in range(len(samples))]
+    out = []
+    for s in samples:
+        h = hashlib.sha256(f"{s.name}|{s.label}|{np.asarray(s.boxes, np.float32).round(3).tolist()}|"
+                           f"{np.shape(s.image)}|".encode())
+        h.update(np.ascontiguousarray(s.image).tobytes())
+        out.append(h.hexdigest()[:16])
+    return out
 
 
 def run_config(model, source: EvalSource, runs, metrics, options, settings: Settings) -> dict:
@@ -843,7 +930,6 @@ def run_config(model, source: EvalSource, runs, metrics, options, settings: Sett
         "model": model.name,
         "weights": str(model.weights),
         "data": source.description,
-        "images": len(source.samples),
         "data_fingerprint": _fingerprint(source),
         "runs": [r.key for r in runs],
         "metrics": list(metrics),
@@ -855,7 +941,8 @@ def run_config(model, source: EvalSource, runs, metrics, options, settings: Sett
 def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, layers=None, metrics=DEFAULT_METRICS,
              options: Mapping[str, Mapping] | None = None, out_dir: str = "chipjax_eval", resume: bool = True,
              progress: bool = True, checkpoint_every: int = 16, *, settings: Settings | None = None,
-             num_images: int | None = None, seed: int = 0, tune_source=None, fit_data=None) -> dict:
+             num_images: int | None = None, seed: int = 0, tune_source=None, fit_data=None,
+             skip_bad: bool = False) -> dict:
     """Evaluate ``methods`` × ``layers`` on ``source`` with ``metrics``; write the table and plots to ``out_dir``.
 
     Args:
@@ -879,10 +966,15 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
       fit_data: for ``chip-class`` runs, the samples the class-level models are fitted on: an
         :class:`EvalSource`, a sequence of samples, or what :func:`load_source` takes (composites: use
         another data seed, ``load_source("composites", seed=1)``). Must not be the evaluated images.
+      skip_bad: skip (and list) samples that cannot be read instead of stopping at the first.
+
+    Every sample's records carry a content hash (:func:`sample_digests`): a rerun recomputes those of
+    samples that changed (or moved to another index) and keeps the rest.
 
     Returns:
       ``{"summary": {run: {metric: value}}, "classification": {...}, "computed": records computed now,
-      "out_dir": out_dir}``.
+      "out_dir": out_dir, "skipped": {name: reason}, "dropped": {name: reason}}``; ``dropped`` are samples
+      whose boxes all fall outside the image or the view: they count in no box metric.
     """
     from .progress import progress_bar
 
@@ -911,11 +1003,14 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
                              f"(e.g. composites with another --data-seed)")
         tune = evaluate(model, tsrc, [r.key for r in runs], None, ("max_box_acc",), opts,
                         os.path.join(out_dir, "tune"), resume, progress, checkpoint_every,
-                        settings=dataclasses.replace(settings, bootstrap=0, num_examples=0), fit_data=fit_data)
+                        settings=dataclasses.replace(settings, bootstrap=0, num_examples=0), fit_data=fit_data,
+                        skip_bad=skip_bad)
         tuned = ({k: row["max_box_threshold"] for k, row in tune["summary"].items()}, tsrc.description)
         metric_names = _check_metrics(sorted(set(metric_names) | {"max_box_acc"}))
     config = run_config(model, src, runs, metric_names, opts, settings)
     store = RecordStore(out_dir, config, resume, checkpoint_every)
+    digests = sample_digests(src)
+    store.digests = digests
 
     n = len(src.samples)
     batches = [list(range(s, min(s + settings.batch_size, n))) for s in range(0, n, settings.batch_size)]
@@ -930,25 +1025,42 @@ def evaluate(model="efficientnet_lite0", source="photos", methods=ALL_METHODS, l
     computed = 0
     units_done = total - len(todo)
     current: _Batch | None = None
+    current_indices = None
     with _flush_on_exit(store):
         for indices, run in progress_bar(todo, desc=f"eval {src.description}", total=len(todo), enable=progress):
-            if current is None or current.indices != indices:
-                current = _prepare_batch(model, src, indices)
-            records, maps = _unit_records(model, current, run, metric_names, opts, settings, scorer, random_model,
-                                          sanity, class_models)
-            for b, i in enumerate(indices):
-                if i < settings.num_examples:
-                    _save_example(_example_path(out_dir, i, run), maps[b])
+            if current is None or current_indices != indices:
+                current_indices = indices
+                good, samples, bad = _load_samples(src, indices, skip_bad)
+                current = _prepare_batch(model, src, good, samples) if good else None
+            records = [{"i": int(i), "run": run.key, "name": f"sample {i}", "skipped": why} for i, why in bad.items()]
+            if current is not None:
+                unit, maps = _unit_records(model, current, run, metric_names, opts, settings, scorer, random_model,
+                                           sanity, class_models)
+                for b, i in enumerate(current.indices):
+                    if i < settings.num_examples:
+                        _save_example(_example_path(out_dir, i, run), maps[b])
+                records += unit
+            for rec in records:
+                rec["sample"] = digests[rec["i"]]
             store.add(records)
             computed += len(records)
             units_done += 1
             log.info("done %d/%d: images %d-%d %s (%.2f s/image); %d records on disk", units_done, total,
-                     indices[0], indices[-1], run.key, records[0]["seconds"], store.on_disk)
-    summary, classification = summarize(store.records.values(), runs, metric_names, settings.bootstrap)
+                     indices[0], indices[-1], run.key, records[-1].get("seconds", 0.0), store.on_disk)
+    live = [r for r in (store.current(i, run.key) for i in range(n) for run in runs) if r is not None]
+    skipped = {f"{r['name']} (#{r['i']})": r["skipped"] for r in live if r.get("skipped")}
+    dropped = {f"{r['name']} (#{r['i']})": r["dropped"] for r in live if r.get("dropped")}
+    measured = [r for r in live if not r.get("skipped")]
+    summary, classification = summarize(measured, runs, metric_names, settings.bootstrap)
     if tuned is not None:
-        add_tuned_box_accuracy(summary, store.records.values(), *tuned, bootstrap=settings.bootstrap)
+        add_tuned_box_accuracy(summary, measured, *tuned, bootstrap=settings.bootstrap)
+    for key, row in summary.items():
+        row["dropped"] = sum(1 for r in live if r["run"] == key and r.get("dropped"))
+        row["skipped"] = sum(1 for r in live if r["run"] == key and r.get("skipped"))
+    store.live = live
     write_outputs(out_dir, model, src, runs, metric_names, settings, opts, store, summary, classification)
-    return {"summary": summary, "classification": classification, "computed": computed, "out_dir": out_dir}
+    return {"summary": summary, "classification": classification, "computed": computed, "out_dir": out_dir,
+            "skipped": skipped, "dropped": dropped}
 
 
 #: Options of a ``chip-class`` run that go to the fit (the rest are refused).
@@ -1038,11 +1150,17 @@ def _check_fitted_labels(models: Mapping, evaluated: EvalSource) -> None:
                                  f"data; fit on more images (--fit-num-images) or with --option {CLASS_CHIP}.classes=all")
 
 
-def _make_out_dir(out_dir: str) -> str:
+def _make_out_dir(out_dir: str, create: bool = True) -> str:
     out_dir = os.fspath(out_dir)
     parent = os.path.dirname(os.path.abspath(out_dir))
     if not os.path.isdir(parent):
         raise InputError(f"the folder {parent} (parent of the output folder) does not exist; create it first")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"--out {out_dir} is a file, not a folder; choose another --out")
+    if not create:
+        if not os.access(out_dir if os.path.isdir(out_dir) else parent, os.W_OK):
+            raise InputError(f"output folder {out_dir} is not writable; choose another --out")
+        return out_dir
     os.makedirs(out_dir, exist_ok=True)
     if not os.access(out_dir, os.W_OK):
         raise InputError(f"output folder {out_dir} is not writable; choose another --out")
@@ -1219,15 +1337,17 @@ def _fmt(value) -> str:
 
 def results_table(summary: Mapping[str, Mapping], metrics: Sequence[str], settings: Settings) -> str:
     """The Markdown table: a row per run (``method@layer``), a column per metric, 3 decimals, and the 95 %
-    bootstrap interval in brackets where the summary has one."""
+    bootstrap interval in brackets where the summary has one; ``dropped`` / ``skipped`` sample counts
+    after ``images`` when any run has some."""
     cols = [c for c in _COLUMNS if c[1] in metrics
             and (c[0] != "box_acc_tuned" or any("box_acc_tuned" in row for row in summary.values()))]
     protocol = DELETION_PROTOCOLS[settings.deletion_protocol]
-    header = ["method @ layer", "images"] + [h.format(thr=f"{settings.box_threshold:g}", protocol=protocol)
-                                             for _, _, h in cols]
+    extra = [c for c in ("dropped", "skipped") if any(row.get(c) for row in summary.values())]
+    header = (["method @ layer", "images"] + extra
+              + [h.format(thr=f"{settings.box_threshold:g}", protocol=protocol) for _, _, h in cols])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for key, row in summary.items():
-        cells = [key, str(row["images"])]
+        cells = [key, str(row["images"])] + [str(row.get(c, 0)) for c in extra]
         for name, _, _ in cols:
             text = _fmt(row.get(name))
             if name == "max_box_acc" and row.get(name) is not None:
@@ -1241,7 +1361,8 @@ def results_table(summary: Mapping[str, Mapping], metrics: Sequence[str], settin
     return "\n".join(lines) + "\n"
 
 
-def results_markdown(model, source: EvalSource, metrics, settings: Settings, options, summary, classification) -> str:
+def results_markdown(model, source: EvalSource, metrics, settings: Settings, options, summary, classification,
+                     skipped: Mapping[str, str] | None = None, dropped: Mapping[str, str] | None = None) -> str:
     """``results.md``: what was evaluated and the table (deterministic: no dates, no timings)."""
     cls = classification
     cls_text = ("classification top-1 error {:.3f}, top-5 error {:.3f} (a prediction counts when it is one of the "
@@ -1257,6 +1378,9 @@ def results_markdown(model, source: EvalSource, metrics, settings: Settings, opt
         f"softmax probability; [low, high]: 95 % bootstrap intervals over images "
         f"({settings.bootstrap} resamples, seed 0). Method options: {opts}.{_tuned_text(summary)}\n\n"
         + results_table(summary, metrics, settings)
+        + "".join(f"\n{title}:\n" + "".join(f"- {name}: {why}\n" for name, why in names.items())
+                  for title, names in (("Skipped (unreadable; --skip-bad)", skipped or {}),
+                                       ("Dropped from the box metrics", dropped or {})) if names)
     )
 
 
@@ -1313,15 +1437,19 @@ def write_outputs(out_dir, model, source, runs, metrics, settings, options, stor
     """results.md, results.csv, timing.csv, curve plots and the examples grid."""
     from . import viz
 
-    sanity_md, sanity_csv = sanity_layer_table(store.records.values(), runs) if "sanity_layers" in metrics else ("", "")
+    live = list(getattr(store, "live", []))
+    skipped = {f"{r['name']} (#{r['i']})": r["skipped"] for r in live if r.get("skipped")}
+    dropped = {f"{r['name']} (#{r['i']})": r["dropped"] for r in live if r.get("dropped")}
+    measured = [r for r in getattr(store, "live", store.records.values()) if not r.get("skipped")]
+    sanity_md, sanity_csv = sanity_layer_table(measured, runs) if "sanity_layers" in metrics else ("", "")
     _atomic_write(os.path.join(out_dir, "results.md"),
-                  (results_markdown(model, source, metrics, settings, options, summary, classification)
-                   + sanity_md).encode())
+                  (results_markdown(model, source, metrics, settings, options, summary, classification,
+                                    skipped, dropped) + sanity_md).encode())
     if sanity_csv:
         _atomic_write(os.path.join(out_dir, "sanity_layers.csv"), sanity_csv.encode())
     _atomic_write(os.path.join(out_dir, "results.csv"), _csv_text(summary).encode())
-    _atomic_write(os.path.join(out_dir, "timing.csv"), _timing_text(store.records.values(), runs).encode())
-    records = list(store.records.values())
+    records = list(getattr(store, "live", store.records.values()))  # those of the samples as they are now
+    _atomic_write(os.path.join(out_dir, "timing.csv"), _timing_text(records, runs).encode())
     for kind in ("deletion", "insertion"):
         if kind not in metrics:
             continue
@@ -1355,7 +1483,7 @@ def _write_examples(out_dir, model, source: EvalSource, runs, settings: Settings
 def _option_value(text: str):
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 
@@ -1418,6 +1546,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                    help="units from the logits down that the sanity_layers metric randomises (default 0: all)")
     p.add_argument("--checkpoint-every", type=int, default=16, help="records between checkpoints (default 16)")
     p.add_argument("--restart", action="store_true", help="discard the results already in --out and start over")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable samples (listed in results.md and on stderr) instead of stopping at the first")
     p.add_argument("--out", default="chipjax_eval", help="output folder (default chipjax_eval)")
     p.add_argument("--model", default="efficientnet_lite0", help="zoo model name (default: efficientnet_lite0)")
     p.add_argument("--weights", default="pretrained",
@@ -1445,7 +1575,15 @@ def eval_options(args, runs: Sequence[Run]) -> dict[str, dict]:
         for m in takers:
             if m in methods:
                 out.setdefault(m, {})[name] = value
-    for item in args.option:
+    for method, opts in option_items(args.option).items():
+        out.setdefault(method, {}).update(opts)
+    return check_eval_options(out)
+
+
+def option_items(items: Sequence[str]) -> dict[str, dict]:
+    """``["chip.seed=3", ...]`` (``--option METHOD.KEY=VALUE``, VALUE read as JSON) -> ``{"chip": {"seed": 3}}``."""
+    out: dict[str, dict] = {}
+    for item in items:
         target, eq, value = item.partition("=")
         method, dot, key = target.rpartition(".")
         if not eq or not dot or not key:
@@ -1454,15 +1592,40 @@ def eval_options(args, runs: Sequence[Run]) -> dict[str, dict]:
     return out
 
 
+def check_eval_options(options: Mapping[str, Mapping]) -> dict[str, dict]:
+    """Every ``{method: {option: value}}`` checked before any work: a known method, an option it takes,
+    and a value of the option's type and range (:mod:`chipjax.options`)."""
+    from .methods import METHODS, method_options
+    from .options import OPTIONS, check_option
+
+    out: dict[str, dict] = {}
+    for method, opts in options.items():
+        if method not in METHODS:
+            raise InputError(f"options given for unknown method {method!r}; methods: {', '.join(METHODS)}")
+        takes = method_options(method)
+        for key, value in opts.items():
+            if key not in takes:
+                raise InputError(f"method {method!r} takes no option {key}; its options are: {', '.join(takes)}")
+            name = "rise_masks" if (method, key) == ("rise", "num_masks") else key
+            out.setdefault(method, {})[key] = check_option(name, value) if name in OPTIONS else value
+    return out
+
+
 def cmd_eval(args) -> int:
     """The ``eval`` sub-command (see :func:`add_eval_parser`)."""
     from .models import load_model
+    from .options import check_option
 
     settings = Settings(box_threshold=args.threshold, pointing_tolerance=args.tolerance, deletion_steps=args.steps,
                         baseline=args.baseline, deletion_protocol=args.deletion_protocol, bootstrap=args.bootstrap,
                         batch_size=args.batch_size, num_examples=args.examples,
                         sanity_top=args.sanity_top, sanity_depth=args.sanity_depth).check()
     metrics = _check_metrics(args.metrics)
+    for name in ("masks", "keep_prob", "lam_ratio", "score", "seed", "num_images", "data_seed", "checkpoint_every"):
+        if getattr(args, name) is not None:
+            check_option("num_masks" if name == "masks" else name, getattr(args, name))
+    check_eval_options(option_items(args.option))
+    _make_out_dir(args.out, create=False)  # a file or an unwritable place, before the data and the model load
     source = load_source(args.data, num_images=args.num_images, seed=args.data_seed, boxes=args.boxes,
                          split=args.split)
     weights = None if str(args.weights).lower() == "none" else args.weights
@@ -1483,7 +1646,8 @@ def cmd_eval(args) -> int:
                           checkpoint_every=args.checkpoint_every, settings=settings, fit_data=fit_data,
                           tune_source=None if args.tune is None else
                           load_source(args.tune, num_images=args.num_images, seed=args.data_seed + 1,
-                                      boxes=args.boxes, split=args.split))
+                                      boxes=args.boxes, split=args.split),
+                          skip_bad=getattr(args, "skip_bad", False))
     except KeyboardInterrupt:
         done = len(read_records(os.path.join(args.out, RECORDS_FILE)))
         print(f"chipjax: interrupted; {done} results are saved in {args.out}; run the same command to continue",
@@ -1492,6 +1656,13 @@ def cmd_eval(args) -> int:
     if not args.quiet:
         print(results_table(result["summary"], metrics, settings), end="")
         print(f"wrote {os.path.join(args.out, 'results.md')} ({result['computed']} results computed now)")
+    for kind in ("skipped", "dropped"):
+        names = result.get(kind) or {}
+        if names:
+            listed = "; ".join(f"{n}: {why}" for n, why in list(names.items())[:10])
+            print(f"chipjax: note: {len(names)} sample(s) {kind}{' from the box metrics' if kind == 'dropped' else ''}"
+                  f" ({listed}{'; ...' if len(names) > 10 else ''}); all are listed in "
+                  f"{os.path.join(args.out, 'results.md')}", file=sys.stderr)
     return 0
 
 

@@ -372,6 +372,47 @@ def _new_figure(size_in: tuple[float, float], dpi, layout: str | None = "constra
     return fig
 
 
+def _interp_matrix(n_out: int, scale: float, offset: float, n_in: int) -> np.ndarray:
+    """``(n_out, n_in)`` bilinear weights: output pixel ``i`` (centre ``i + 0.5``) samples the input at
+    ``scale · (i + 0.5) + offset`` (edge coordinates); rows outside ``[0, n_in]`` are zero."""
+    u = scale * (np.arange(n_out, dtype=np.float64) + 0.5) + offset
+    inside = (u >= 0.0) & (u <= n_in)
+    c = np.clip(u - 0.5, 0.0, n_in - 1.0)
+    lo = np.floor(c).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = c - lo
+    out = np.zeros((n_out, n_in), np.float32)
+    rows = np.arange(n_out)
+    np.add.at(out, (rows, lo), (1.0 - frac) * inside)
+    np.add.at(out, (rows, hi), frac * inside)
+    return out
+
+
+def map_on_photo(heatmap, view, hw: tuple[int, int]) -> np.ndarray:
+    """A map of the network's view ``(S_h, S_w)`` resampled onto the photo it was viewed from: ``(H, W)``.
+
+    ``view`` is the model's view (``model.spec.view``: uint8 ``(H, W, 3)`` -> ``(S_h, S_w, 3)``, a resize
+    and/or a centre crop); each photo pixel takes the bilinear value of the view pixel it became, and the
+    parts of the photo the view cropped away are 0. So an overlay shows the photo in its own aspect ratio
+    with the map where the network looked, not the network's squashed square.
+    """
+    from .evaluate import view_box_transform
+
+    heat = np.asarray(heatmap, np.float32)
+    h, w = int(hw[0]), int(hw[1])
+    scale, offset, (sh, sw) = view_box_transform(view, (h, w))
+    if heat.shape != (sh, sw):
+        heat = resize_bilinear(heat, (sh, sw))
+    rows = _interp_matrix(h, float(scale[1]), float(offset[1]), sh)
+    cols = _interp_matrix(w, float(scale[0]), float(offset[0]), sw)
+    return np.clip(rows @ heat @ cols.T, 0.0, 1.0)
+
+
+def check_out(out) -> Path | None:
+    """Validate a figure's output path before anything is computed or drawn (see :func:`_check_out`)."""
+    return _check_out(out)
+
+
 def _check_out(out) -> Path | None:
     """Validate an output path before anything is drawn: its folder must exist and be writable."""
     if out is None:

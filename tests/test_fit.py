@@ -28,9 +28,10 @@ def folder(tmp_path_factory):
     return root
 
 
-def run_fit(folder, out, **kw):
+def run_fit(folder, out, cache=None, **kw):
+    env = dict(os.environ, CHIPJAX_CACHE=str(cache)) if cache is not None else None
     return subprocess.Popen([sys.executable, "-m", "chipjax.cli", "fit", str(folder), "--out", str(out), *FIT],
-                            stderr=subprocess.PIPE, text=True, **kw)
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
 def test_fit_killed_with_sigkill_resumes_to_the_same_model(folder, tmp_path):
@@ -41,8 +42,8 @@ def test_fit_killed_with_sigkill_resumes_to_the_same_model(folder, tmp_path):
     assert reference.num_images == 10
 
     out = tmp_path / "killed"
-    partial = tmp_path / "killed.partial"
-    proc = run_fit(folder, out)
+    cache = tmp_path / "cache"          # the default progress folder lives here, named by the fit, not by --out
+    proc = run_fit(folder, out, cache)
     done_before_kill = 0
     target = random.Random(0).choice([2, 3, 4, 5, 6, 7])  # a random point, after at least one checkpoint
     while True:
@@ -56,14 +57,15 @@ def test_fit_killed_with_sigkill_resumes_to_the_same_model(folder, tmp_path):
                 break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert partial.is_dir() and not out.exists()
+    assert len(os.listdir(cache / "fit")) == 1 and not out.exists()
 
-    resumed = run_fit(folder, out)
+    resumed = run_fit(folder, tmp_path / "another_out", cache)  # another --out continues the same work
+    out = tmp_path / "another_out"
     _, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     start = int(re.search(r"resuming at image (\d+)", err).group(1))
     assert done_before_kill - 2 <= start <= done_before_kill  # at most one interval (2 batches of 1) redone
-    assert not partial.exists()
+    assert os.listdir(cache / "fit") == []
     again = CHIP.load(out)
     assert again.num_images == 10
     np.testing.assert_allclose(np.asarray(again.weights), np.asarray(reference.weights), rtol=1e-4, atol=1e-6)
@@ -75,7 +77,8 @@ def test_fit_with_other_settings_refuses_a_foreign_partial(folder, tmp_path):
     from chipjax import io as cjio
 
     cjio.save_variables({"x": np.zeros(1)}, tmp_path / "m.partial", {"kind": "chip-fit-progress", "fit": {"other": 1}})
-    code = main(["fit", str(folder), "--out", str(tmp_path / "m"), *FIT[:-2]])
+    code = main(["fit", str(folder), "--out", str(tmp_path / "m"), "--checkpoint", str(tmp_path / "m.partial"),
+                 *FIT[:-2]])
     assert code == 2
 
 
@@ -147,7 +150,7 @@ def test_interrupted_fit_resumes_to_the_same_model_and_keeps_the_skipped_list(tm
         return source[i]
 
     ckpt = str(tmp_path / "ckpt")
-    flaky = Source(len(source), interrupting, source.description, name_of=source.name_of)
+    flaky = Source(len(source), interrupting, source.description, name_of=source.name_of, digest=source.digest)
     with pytest.raises(Interrupted):
         fit_source(ToyModel(), flaky, num_workers=0, checkpoint_dir=ckpt, checkpoint_every=100, **TOY_FIT)
     resumed = fit_source(ToyModel(), source, checkpoint_dir=ckpt, **TOY_FIT)

@@ -738,3 +738,580 @@ def test_class_level_weights_are_deterministic(model, x64):
     np.testing.assert_array_equal(fit(0, 256), W)
     assert np.abs(fit(1, 256) - W).max() > 1e-2 * np.abs(W).max()
     np.testing.assert_allclose(fit(0, 100), W, atol=1e-4 * np.abs(W).max())  # 50 masks a step: not a divisor
+
+
+# ================================================================================================
+# Second round (issue 15): stale results, EXIF, NaN/Inf, tampered folders, options, lost work, drops
+# ================================================================================================
+
+R18 = ["--model", "resnet18"]
+
+
+class ModelLoaded(Exception):
+    """Raised where a model would load: a CLI case that gets here did not check its options first."""
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any model load raises :class:`ModelLoaded` (options must be refused before it)."""
+    import chipjax.cli
+    import chipjax.models
+
+    def refuse(*args, **kwargs):
+        raise ModelLoaded("a model was loaded")
+
+    monkeypatch.setattr(chipjax.cli, "_cached_model", refuse)
+    monkeypatch.setattr(chipjax.models, "load_model", refuse)
+
+
+def _flip(path, offset: int) -> None:
+    """XOR the byte at ``offset`` of ``path`` with 0x01 (offsets from the end when negative)."""
+    data = bytearray(open(path, "rb").read())
+    data[offset] ^= 0x01
+    open(path, "wb").write(bytes(data))
+
+
+def _largest_file(folder) -> str:
+    paths = [os.path.join(d, n) for d, _, names in os.walk(folder) for n in names]
+    return max(paths, key=os.path.getsize)
+
+
+def _snapshot(root):
+    """``{relative path: (size, mtime, bytes of files under 1 MB)}`` of every file under ``root``."""
+    out = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            path = os.path.join(d, n)
+            info = os.stat(path)
+            small = open(path, "rb").read() if info.st_size < 2 ** 20 else None
+            out[os.path.relpath(path, root)] = (info.st_size, info.st_mtime_ns, small)
+    return out
+
+
+def _edit_header(folder, edit) -> None:
+    import json
+
+    path = os.path.join(folder, "chipjax.json")
+    header = json.load(open(path))
+    edit(header)
+    open(path, "w").write(json.dumps(header))
+
+
+@pytest.fixture(scope="module")
+def round2(files):
+    """Weights with NaN/Inf, overflowing logits, tampered folders, CHIP models of the wrong shape, bad JSON."""
+    import json
+    import shutil
+
+    import torch
+    import torchvision
+    from safetensors.numpy import save_file
+
+    root, f = files.root, files
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18().state_dict()
+    nan_state = {k: v.clone() for k, v in state.items()}
+    nan_state["fc.weight"][3, 7] = float("nan")
+    torch.save(nan_state, f["nan_fc.pth"])
+    inf_state = {k: v.numpy().copy() for k, v in state.items()}
+    inf_state["layer2.0.conv1.weight"][0, 0, 0, 0] = np.inf
+    save_file(inf_state, f["inf_conv.safetensors"])
+    huge = {k: v.numpy().copy() for k, v in state.items()}
+    huge["fc.weight"] = np.full_like(huge["fc.weight"], 3e38)       # finite weights, infinite logits
+    np.savez(f["huge_fc.npz"], **huge)
+    variables = jax.tree.map(np.asarray, f.model.variables)
+    bad_vars = jax.tree.map(np.array, variables)
+    bad_vars["params"]["units_0"]["conv1"]["kernel"][0, 0, 0, 0] = np.nan
+    cjio.save_variables(bad_vars, f["nan_vars"], {"arch": "resnet18"})
+    w = np.random.default_rng(5).normal(size=(512, 1000)).astype(np.float32)
+    w_nan = w.copy()
+    w_nan[10, 281] = np.nan
+    CHIP(weights=w_nan, arch="resnet18", layer="layer4", config={}).save(f["chip_nan"])
+    CHIP(weights=w[:100], arch="resnet18", layer="layer4", config={}).save(f["chip_wrong_k"])
+    CHIP(weights=w[:, :10], arch="resnet18", layer="layer4", config={}).save(f["chip_10_classes"])
+
+    # tampered copies of a converted checkpoint and of a CHIP model
+    tampered = {
+        "format_version text": ("resnet18_vars", lambda d: _edit_header(d, lambda h: h.update(format_version="x"))),
+        "format_version 0": ("resnet18_vars", lambda d: _edit_header(d, lambda h: h.update(format_version=0))),
+        "format_version removed": ("resnet18_vars", lambda d: _edit_header(d, lambda h: h.pop("format_version"))),
+        "metadata not a dict": ("resnet18_vars", lambda d: _edit_header(d, lambda h: h.update(metadata=[1]))),
+        "arch removed": ("chip_r18_layer4", lambda d: _edit_header(d, lambda h: h["metadata"].pop("arch"))),
+        "layer removed": ("chip_r18_layer4", lambda d: _edit_header(d, lambda h: h["metadata"].pop("layer"))),
+        "largest file deleted": ("resnet18_vars", lambda d: os.remove(_largest_file(d))),
+        "largest file truncated": ("resnet18_vars", lambda d: open(_largest_file(d), "r+b").truncate(100)),
+        "chip data file deleted": ("chip_r18_layer4", lambda d: os.remove(_largest_file(d))),
+    }
+    for name, (src, edit) in tampered.items():
+        dst = root / ("tampered_" + name.replace(" ", "_"))
+        shutil.copytree(f[src], dst)
+        edit(str(dst))
+    f.tampered = {name: str(root / ("tampered_" + name.replace(" ", "_"))) for name in tampered}
+
+    # data folders: boxes.json nested 100 000 deep, not UTF-8
+    for name, text in (("deep", b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+                       ("latin1", '{"images": [{"file": "caf\xe9.png", "label": 281}]}'.encode("latin-1"))):
+        os.makedirs(f[f"json_{name}"])
+        (root / f"json_{name}" / "boxes.json").write_bytes(text)
+    (root / "earlier.png").write_bytes(b"an earlier overlay")
+    (root / "a_file").write_bytes(b"not a folder")
+    os.makedirs(f["busy"])
+    (root / "busy" / "notes.txt").write_text("the user's own file")
+    return f
+
+
+# (case, argv(f), words, refused before any model loads)
+ROUND2_CLI_CASES = [
+    # 3: NaN / Inf weights, non-finite logits, CHIP models of the wrong shape
+    ("NaN in a .pth (3)", lambda f: ["predict", f["ok.png"], *R18, "--weights", f["nan_fc.pth"]],
+     ["fc.weight", "NaN or Inf"], False),
+    ("Inf in a .safetensors (3)", lambda f: ["predict", f["ok.png"], *R18, "--weights", f["inf_conv.safetensors"]],
+     ["layer2.0.conv1.weight", "NaN or Inf"], False),
+    ("NaN in an orbax folder (3)", lambda f: ["predict", f["ok.png"], *R18, "--weights", f["nan_vars"]],
+     ["params/units_0/conv1/kernel", "NaN or Inf"], False),
+    ("infinite logits (3)", lambda f: ["predict", f["ok.png"], *R18, "--weights", f["huge_fc.npz"]],
+     ["NaN or Inf logits"], False),
+    ("CHIP model with NaN weights (3)", lambda f: ["explain", f["ok.png"], *R18, "--weights", f["resnet18.npz"],
+                                                   "--chip-model", f["chip_nan"], "--out", f["earlier.png"]],
+     ["weights", "NaN or Inf"], False),
+    ("CHIP model with the wrong K (3)", lambda f: ["explain", f["ok.png"], *R18, "--weights", f["resnet18.npz"],
+                                                   "--chip-model", f["chip_wrong_k"], "--out", f["earlier.png"]],
+     ["(100, 1000)", "(512, 1000)"], False),
+    ("CHIP model with 10 classes (3)", lambda f: ["explain", f["ok.png"], *R18, "--weights", f["resnet18.npz"],
+                                                  "--chip-model", f["chip_10_classes"], "--out", f["earlier.png"]],
+     ["(512, 10)", "(512, 1000)"], False),
+    # 4: tampered or damaged orbax folders
+    *[(f"converted folder: {name} (4)", lambda f, name=name: ["predict", f["ok.png"], *R18, "--weights",
+                                                              f.tampered[name]], ["tampered_"], False)
+      for name in ("format_version text", "format_version 0", "format_version removed", "metadata not a dict",
+                   "largest file deleted", "largest file truncated")],
+    *[(f"CHIP model: {name} (4)", lambda f, name=name: ["explain", f["ok.png"], *R18, "--weights", f["resnet18.npz"],
+                                                        "--chip-model", f.tampered[name], "--out", f["earlier.png"]],
+       ["tampered_"], False) for name in ("arch removed", "layer removed", "chip data file deleted")],
+    # 5: option values checked (type, range, finiteness) before any model loads
+    ("--memory-budget inf (5)", lambda f: ["explain", f["ok.png"], "--memory-budget", "inf", "--out", f["earlier.png"]],
+     ["memory_budget", "--memory-budget", "finite"], True),
+    ("--seed 10**20 (5)", lambda f: ["explain", f["ok.png"], "--seed", "99999999999999999999", "--out",
+                                     f["earlier.png"]], ["seed", "9223372036854775807"], True),
+    ("fit --batch-size 0 (5)", lambda f: ["fit", f["data"], "--out", f["fitted"], "--batch-size", "0"],
+     ["batch_size", "[1, 4096]"], True),
+    ("eval --option chip.seed=1.5 (5)", lambda f: ["eval", "--data", f["data"], "--methods", "chip", "--option",
+                                                   "chip.seed=1.5", "--out", f["ev"]], ["seed", "1.5", "integer"], True),
+    ("eval --tolerance nan (5)", lambda f: ["eval", "--data", f["data"], "--tolerance", "nan", "--out", f["ev"]],
+     ["pointing_tolerance", "nan"], True),
+    ("rise --masks 10**9 (5)", lambda f: ["explain", f["ok.png"], "--method", "rise", "--masks", "1000000000",
+                                          "--out", f["earlier.png"]], ["num_masks", "--masks", "16777216"], True),
+    ("boxes.json nested 100 000 deep (5)", lambda f: ["eval", "--data", f["json_deep"], "--out", f["ev"]],
+     ["json_deep", "boxes.json", "too deeply"], True),
+    # 6: the output checked before the work
+    ("fit --out an existing file (6)", lambda f: ["fit", f["data"], "--out", f["a_file"]], ["a_file", "file"], True),
+    ("fit --out a folder of other files (6)", lambda f: ["fit", f["data"], "--out", f["busy"]],
+     ["busy", "holds other files"], True),
+    ("explain --out a folder (6)", lambda f: ["explain", f["ok.png"], "--out", f["busy"]], ["is a folder"], True),
+    ("explain --out .jpg (6)", lambda f: ["explain", f["ok.png"], "--out", f["o.jpg"]], [".png"], True),
+    ("eval --out an existing file (6)", lambda f: ["eval", "--data", f["data"], "--out", f["a_file"]],
+     ["a_file", "not a folder"], True),
+    # 8: messages that name the file / the option
+    ("boxes.json not UTF-8 (8)", lambda f: ["eval", "--data", f["json_latin1"], "--out", f["ev"]],
+     ["json_latin1", "boxes.json", "UTF-8"], True),
+    ("--memory-budget nan (8)", lambda f: ["explain", f["ok.png"], "--memory-budget", "nan", "--out",
+                                           f["earlier.png"]], ["memory_budget", "--memory-budget"], True),
+]
+
+
+@pytest.mark.parametrize("case, argv, words, before_model", ROUND2_CLI_CASES, ids=[c[0] for c in ROUND2_CLI_CASES])
+def test_round2_cli_prints_one_line_exits_2_and_keeps_earlier_files(case, argv, words, before_model, round2, capsys,
+                                                                   request):
+    if before_model:
+        request.getfixturevalue("no_model")
+    before = _snapshot(round2.root)
+    one_error_line(argv(round2), capsys, *words)
+    assert _snapshot(round2.root) == before  # nothing written, nothing changed (earlier.png, busy/, a_file, ...)
+
+
+def test_round2_library_refuses_nan_weights_and_chip_shapes(round2, model):
+    """Defect 3, library side: the same files through the Python API, typed errors naming the tensor/shapes."""
+    with pytest.raises(WeightsError, match=r"fc\.weight holds 1 NaN or Inf"):
+        cj.load_model("resnet18", weights=round2["nan_fc.pth"])
+    with pytest.raises(WeightsError, match=r"layer2\.0\.conv1\.weight"):
+        cjio.read_state_dict(round2["inf_conv.safetensors"])
+    with pytest.raises(WeightsError, match="params/units_0/conv1/kernel"):
+        cjio.load_variables(round2["nan_vars"])
+    with pytest.raises(WeightsError, match="NaN or Inf"):
+        CHIP.load(round2["chip_nan"])
+    with pytest.raises(InputError, match=r"\(100, 1000\).*\(512, 1000\)"):
+        CHIP.load(round2["chip_wrong_k"], model=model)
+    with pytest.raises(InputError, match=r"\(512, 10\).*\(512, 1000\)"):
+        cj.explain(model, jnp.zeros((1, 64, 64, 3)), chip_model=CHIP.load(round2["chip_10_classes"]), target=281)
+
+
+# --- 1: results that never go stale --------------------------------------------------------------
+
+
+def _box_folder(root, boxes):
+    import json
+
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(7)
+    entries = []
+    for i, b in enumerate(boxes):
+        Image.fromarray((rng.random((48, 64, 3)) * 255).astype(np.uint8)).save(root / f"im{i}.png")
+        entries.append({"file": f"im{i}.png", "label": 281, "boxes": [b]})
+    (root / "boxes.json").write_text(json.dumps({"images": entries}))
+
+
+def test_eval_rerun_recomputes_samples_whose_boxes_or_pixels_changed(model, tmp_path):
+    import json
+
+    from chipjax import evaluate as E
+
+    data, out = tmp_path / "data", tmp_path / "ev"
+    _box_folder(data, [[0, 0, 20, 20], [30, 20, 64, 48], [0, 0, 64, 48]])
+    run = lambda: E.evaluate(model, str(data), "cam@layer4", None, "pointing,box_acc", None, str(out),
+                             progress=False, settings=E.Settings(batch_size=1, num_examples=0))
+    first = run()
+    assert first["computed"] == 3
+    assert run()["computed"] == 0                       # nothing changed: nothing recomputed
+    table = json.loads((data / "boxes.json").read_text())
+    table["images"][1]["boxes"] = [[0, 0, 2, 2]]        # move one box
+    (data / "boxes.json").write_text(json.dumps(table))
+    moved = run()
+    assert moved["computed"] == 1                       # only the edited sample
+    records = {r["i"]: r for r in E.read_records(str(out / "records.jsonl"))}
+    fresh = E.evaluate(model, str(data), "cam@layer4", None, "pointing,box_acc", None, str(tmp_path / "fresh"),
+                       progress=False, settings=E.Settings(batch_size=1, num_examples=0))
+    assert moved["summary"] == fresh["summary"]         # the table of the data as it is now
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(data / "im2.png")   # replace a photo's pixels
+    assert run()["computed"] == 1
+    assert records[1]["pointing"] == fresh_records(tmp_path / "fresh")[1]["pointing"]
+
+
+def fresh_records(out):
+    from chipjax import evaluate as E
+
+    return {r["i"]: r for r in E.read_records(str(out / "records.jsonl"))}
+
+
+def test_eval_rerun_after_an_image_is_deleted_needs_no_restart(files, tmp_path, capsys):
+    data = tmp_path / "data"
+    os.makedirs(data / "281")
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(data / "281" / f"{i}.png")
+    argv = ["eval", "--data", data, "--methods", "cam@layer4", "--metrics", "pointing", "--examples", "0",
+            "--batch-size", "1", "--out", tmp_path / "ev", *R18, "--weights", files["resnet18.npz"], "-q"]
+    assert main([str(a) for a in argv]) == 0
+    os.remove(data / "281" / "0.png")
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    assert "| cam@layer4 | 2 |" in (tmp_path / "ev" / "results.md").read_text()
+
+
+@pytest.mark.slow  # a ResNet-18 fit at 224 px
+def test_fit_resume_starts_over_when_the_images_changed(model, tmp_path, monkeypatch):
+    from chipjax import fit as F
+    from chipjax.chip import ClassStatsAccumulator
+
+    data = tmp_path / "data"
+    os.makedirs(data / "281")
+    rng = np.random.default_rng(8)
+    for i in range(2):
+        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(data / "281" / f"{i}.png")
+    added = []
+    real_add = ClassStatsAccumulator.add
+    monkeypatch.setattr(ClassStatsAccumulator, "add", lambda self, x, y=None: (added.append(len(x)),
+                                                                               real_add(self, x, y))[1])
+    fit = lambda: F.fit_folder(model, str(data), layer="layer4", num_masks=16, batch_size=1, progress=False,
+                               checkpoint_dir=str(tmp_path / "progress"), checkpoint_every=1)
+    first = fit()
+    assert sum(added) == 2
+    assert np.allclose(np.asarray(fit().weights), np.asarray(first.weights)) and sum(added) == 2  # resumed at the end
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(data / "281" / "0.png")
+    changed = fit()
+    assert sum(added) == 4                              # both images folded in again
+    reference = F.fit_folder(model, str(data), layer="layer4", num_masks=16, batch_size=1, progress=False)
+    np.testing.assert_allclose(np.asarray(changed.weights), np.asarray(reference.weights), rtol=1e-5, atol=1e-7)
+
+
+# --- 6: work never lost at the end ------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a ResNet-18 fit at 224 px
+def test_fit_progress_survives_a_failed_save_and_another_out(files, tmp_path, monkeypatch, capsys):
+    from chipjax.chip import ClassStatsAccumulator
+
+    monkeypatch.setenv("CHIPJAX_CACHE", str(tmp_path / "cache"))
+    added = []
+    real_add = ClassStatsAccumulator.add
+    monkeypatch.setattr(ClassStatsAccumulator, "add", lambda self, x, y=None: (added.append(len(x)),
+                                                                               real_add(self, x, y))[1])
+    real_save = CHIP.save
+
+    def disk_full(self, directory):
+        raise OSError(28, "No space left on device")
+
+    argv = lambda out: ["fit", files["data"], "--out", out, *R18, "--weights", files["resnet18.npz"],
+                        "--layer", "layer4", "--masks", "16", "--batch-size", "1", "-q"]
+    monkeypatch.setattr(CHIP, "save", disk_full)
+    one_error_line(argv(tmp_path / "a"), capsys, "No space left")
+    assert sum(added) == 1
+    monkeypatch.setattr(CHIP, "save", real_save)
+    assert main([str(a) for a in argv(tmp_path / "b")]) == 0   # another --out: the finished work is reused
+    assert sum(added) == 1
+    assert CHIP.load(tmp_path / "b").num_images == 1
+    assert not os.listdir(tmp_path / "cache" / "fit")            # progress removed once the model is saved
+
+
+# --- 2: photos in the orientation users see, 16-bit PNG, overlays in the photo's aspect -------------
+
+
+def _exif_photo(path, orientation: int) -> np.ndarray:
+    """Save a 20 × 40 asymmetric photo with EXIF Orientation ``orientation``; return the stored pixels."""
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:5, :10] = [255, 0, 0]                       # a red corner: top-left as stored
+    stored[..., 2] = np.arange(40, dtype=np.uint8)[None, :] * 6
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    return stored
+
+
+def test_exif_orientation_is_applied_wherever_an_image_is_read(tmp_path):
+    from chipjax.data import folder_source
+
+    stored = _exif_photo(tmp_path / "phone.png", 6)     # 6: the camera was turned 90° clockwise
+    upright = np.rot90(stored, k=-1)                    # what a viewer shows: rotated 90° clockwise, 40 × 20
+    np.testing.assert_array_equal(to_rgb_uint8(tmp_path / "phone.png"), upright)
+    np.testing.assert_array_equal(load_image(tmp_path / "phone.png").size, (20, 40))
+    _exif_photo(tmp_path / "mirror.png", 2)             # 2: mirrored left-right
+    np.testing.assert_array_equal(to_rgb_uint8(tmp_path / "mirror.png"), stored[:, ::-1])
+    import json
+
+    os.makedirs(tmp_path / "set")
+    _exif_photo(tmp_path / "set" / "p.png", 6)
+    (tmp_path / "set" / "boxes.json").write_text(json.dumps({"images": [
+        {"file": "p.png", "label": 281, "boxes": [[0, 0, 20, 40]]}]}))
+    sample = folder_source(tmp_path / "set")[0]          # the loader of fit and eval
+    np.testing.assert_array_equal(sample.image, upright)
+    np.testing.assert_array_equal(sample.boxes, [[0, 0, 20, 40]])   # the box of the upright photo, not clipped
+
+
+def test_16_bit_png_with_small_values_is_not_read_as_8_bit(tmp_path):
+    values = np.array([[0, 100, 255], [128, 200, 17]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "dim16.png")
+    assert Image.open(tmp_path / "dim16.png").mode == "I;16"
+    want = np.floor(values / 65535.0 * 255.0 + 0.5).astype(np.uint8)   # 255/65535 of full scale: nearly black
+    np.testing.assert_array_equal(to_rgb_uint8(tmp_path / "dim16.png"), np.repeat(want[..., None], 3, axis=-1))
+
+
+def test_map_on_photo_puts_the_view_back_in_the_photos_aspect():
+    from chipjax.models.preprocess import resize_crop_view, stretch_view
+
+    # resize the shorter side to 4, centre-crop 4 × 4: an 8 × 16 photo's columns 4..11 are seen
+    heat = np.ones((4, 4), np.float32)
+    on = cj.viz.map_on_photo(heat, resize_crop_view(4, 4), (8, 16))
+    assert on.shape == (8, 16)
+    np.testing.assert_array_equal(on[:, 4:12], 1.0)
+    np.testing.assert_array_equal(on[:, :4], 0.0)
+    np.testing.assert_array_equal(on[:, 12:], 0.0)
+    # a stretched view: each view column covers 4 photo columns; a step map stays a step at the same place
+    step = np.zeros((2, 2), np.float32)
+    step[:, 1] = 1.0
+    on = cj.viz.map_on_photo(step, stretch_view(2), (6, 8))
+    assert on.shape == (6, 8)
+    np.testing.assert_allclose(on[0], [0, 0, 0.125, 0.375, 0.625, 0.875, 1, 1], atol=1e-6)
+    np.testing.assert_allclose(on, np.broadcast_to(on[0], (6, 8)))
+
+
+def test_explain_overlays_the_photo_as_the_user_sees_it_and_names_ambiguous_classes(files, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """Defects 2 (overlay aspect, EXIF) and 8 (``--class cardigan`` names the other cardigan)."""
+    from chipjax import viz
+
+    stored = _exif_photo(tmp_path / "phone.png", 6)
+    seen = {}
+    real = viz.overlay
+
+    def capture(image, heatmap, **kw):
+        seen["image"], seen["heatmap"] = np.asarray(image), np.asarray(heatmap)
+        return real(image, heatmap, **kw)
+
+    monkeypatch.setattr(viz, "overlay", capture)
+    out = tmp_path / "o.png"
+    code = main([str(a) for a in ["explain", tmp_path / "phone.png", *R18, "--weights", files["resnet18.npz"],
+                                  "--method", "cam", "--layer", "layer4", "--class", "cardigan", "--out", out]])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    np.testing.assert_array_equal(seen["image"], np.rot90(stored, k=-1))   # upright, in its own 40 × 20 aspect
+    assert seen["heatmap"].shape == (40, 20)
+    labels = files.model.labels
+    cardigans = [i for i, l in enumerate(labels) if l.lower() == "cardigan"]
+    assert len(cardigans) == 2
+    assert f"explaining class {cardigans[0]}" in err and f"--class {cardigans[1]}" in err
+    assert out.is_file()
+
+
+# --- 7: data that silently drops out -------------------------------------------------------------
+
+
+def test_eval_reports_dropped_samples_and_skips_bad_ones_when_asked(files, tmp_path, capsys):
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    _box_folder(data, [[0, 0, 20, 20], [500, 500, 600, 600], [0, 0, 64, 48]])   # im1's box is off the image
+    shutil.copy(files["truncated.png"], data / "im2.png")                      # im2 is corrupt
+    argv = ["eval", "--data", data, "--methods", "cam@layer4", "--metrics", "pointing,box_acc", "--examples", "0",
+            "--batch-size", "1", "--out", tmp_path / "ev", *R18, "--weights", files["resnet18.npz"], "-q"]
+    one_error_line(argv, capsys, "im2.png", "--skip-bad")                       # progress kept, and how to go on
+    assert len(fresh_records(tmp_path / "ev")) == 2
+    code = main([str(a) for a in argv + ["--skip-bad"]])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "1 sample(s) skipped" in err and "im2.png" in err
+    assert "1 sample(s) dropped" in err and "im1.png" in err and "outside the image" in err
+    md = (tmp_path / "ev" / "results.md").read_text()
+    assert "| method @ layer | images | dropped | skipped |" in md
+    assert "| cam@layer4 | 2 | 1 | 1 |" in md
+    assert "im1.png (#1): every box lies outside the image" in md and "im2.png" in md
+    records = fresh_records(tmp_path / "ev")
+    assert records[1]["dropped"] and records[1]["pointing"] is None and "skipped" in records[2]
+
+
+# --- properties over option values: accepted and reaching the model, or refused in one line -----------
+
+_TEXTS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(2 ** 70), 2 ** 70).map(str),
+    st.sampled_from(["nan", "inf", "-inf", "1e400", "", "0x10", "1_000", "½", "0.5", "1", "2", "0", "-1", "2G",
+                     "512M", "1.5GiB", "-2G", "nanG", "infM", "1e-300", " 3 "]),
+    st.text(max_size=6),
+)
+
+# (command argv with {} for the value, the option, acceptance rule of the value's text)
+def _int(t):
+    try:
+        return int(t)  # what argparse's type=int accepts
+    except ValueError:
+        return None
+
+
+_IS_INT = lambda t: _int(t) is not None
+
+
+def _float(t):
+    try:
+        v = float(t)
+    except ValueError:
+        return None
+    return v if np.isfinite(v) else None
+
+
+PROPERTY_FLAGS = {
+    "explain --keep-prob": (lambda f, v: ["explain", f["ok.png"], "--keep-prob", v, "--out", f["p.png"]],
+                            lambda t: _float(t) is not None and 0 < _float(t) < 1),
+    "explain --lam-ratio": (lambda f, v: ["explain", f["ok.png"], "--lam-ratio", v, "--out", f["p.png"]],
+                            lambda t: _float(t) is not None and 0 <= _float(t) < 1),
+    "explain --masks": (lambda f, v: ["explain", f["ok.png"], "--masks", v, "--out", f["p.png"]],
+                        lambda t: (_IS_INT(t) and 2 <= _int(t) <= 2 ** 24) or t.strip().lower() == "auto"),  # CHIP
+    "explain --seed": (lambda f, v: ["explain", f["ok.png"], "--seed", v, "--out", f["p.png"]],
+                       lambda t: _IS_INT(t) and 0 <= _int(t) < 2 ** 63),
+    "explain --memory-budget": (lambda f, v: ["explain", f["ok.png"], "--memory-budget", v, "--out", f["p.png"]],
+                                None),
+    "predict --top": (lambda f, v: ["predict", f["ok.png"], "--top", v], lambda t: _IS_INT(t) and 1 <= _int(t) <= 10 ** 6),
+    "fit --batch-size": (lambda f, v: ["fit", f["data"], "--out", f["pfit"], "--batch-size", v],
+                         lambda t: _IS_INT(t) and 1 <= _int(t) <= 4096),
+    "fit --keep-prob": (lambda f, v: ["fit", f["data"], "--out", f["pfit"], "--keep-prob", v],
+                        lambda t: _float(t) is not None and 0 < _float(t) < 1),
+    "fit --checkpoint-every": (lambda f, v: ["fit", f["data"], "--out", f["pfit"], "--checkpoint-every", v],
+                               lambda t: _IS_INT(t) and 1 <= _int(t) <= 2 ** 31),
+    "eval --tolerance": (lambda f, v: ["eval", "--data", f["data"], "--tolerance", v, "--out", f["pev"]],
+                         lambda t: _float(t) is not None and 0 <= _float(t) <= 1e6),
+    "eval --threshold": (lambda f, v: ["eval", "--data", f["data"], "--threshold", v, "--out", f["pev"]],
+                         lambda t: _float(t) is not None and 0 <= _float(t) <= 1),
+    "eval --steps": (lambda f, v: ["eval", "--data", f["data"], "--steps", v, "--out", f["pev"]],
+                     lambda t: _IS_INT(t) and 2 <= _int(t) <= 10_000),
+    "eval --option chip.seed": (lambda f, v: ["eval", "--data", f["data"], "--methods", "chip", "--option",
+                                              f"chip.seed={v}", "--out", f["pev"]], None),
+}
+
+
+@pytest.mark.parametrize("flag", sorted(PROPERTY_FLAGS))
+def test_option_values_are_accepted_or_refused_in_one_line_before_the_model(flag, files, no_model, capsys):
+    argv, accepts = PROPERTY_FLAGS[flag]
+
+    @settings(max_examples=25, deadline=None)
+    @given(_TEXTS)
+    def check(text):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in argv(files, text)])
+        except ModelLoaded:
+            accepted = True
+        else:
+            err = capsys.readouterr().err
+            assert code == 2, (text, err)
+            assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (text, err)
+            accepted = False
+        if accepts is not None:
+            assert accepted == accepts(text), (flag, text)
+        assert not os.path.exists(files["p.png"]) and not os.path.exists(files["pfit"])
+
+    check()
+
+
+# --- corruption: flipped bytes in a converted checkpoint, a CHIP model and an eval record store ---------
+
+
+@pytest.mark.parametrize("what", ["converted checkpoint", "CHIP model"])
+def test_flipped_bytes_in_a_checkpoint_are_detected_on_load(what, files, tmp_path):
+    import shutil
+
+    src = files["resnet18_vars"] if what == "converted checkpoint" else files["chip_r18_layer4"]
+    load = (lambda d: cj.load_model("resnet18", weights=d)) if what == "converted checkpoint" else CHIP.load
+    data_files = sorted(os.path.relpath(os.path.join(d, n), src) for d, _, names in os.walk(src) for n in names
+                        if n != "chipjax.json")
+    largest = os.path.relpath(_largest_file(src), src)
+    cases = [(largest, at) for at in (0, 1, os.path.getsize(os.path.join(src, largest)) // 3,
+                                      os.path.getsize(os.path.join(src, largest)) // 2, -1)]
+    cases += [(rel, os.path.getsize(os.path.join(src, rel)) // 2) for rel in data_files if rel != largest]
+    header = open(os.path.join(src, "chipjax.json"), "rb").read()
+    cases += [("chipjax.json", header.index(key) + len(key) - 1)
+              for key in (b'"arch": "resnet', b'"layer"', b'"files"') if key in header]
+    assert len(cases) >= 8
+    for n, (rel, at) in enumerate(cases):
+        dst = tmp_path / f"copy{n}"
+        shutil.copytree(src, dst)
+        _flip(dst / rel, at)
+        with pytest.raises((WeightsError, InputError)) as info:
+            load(dst)
+        assert "\n" not in str(info.value) and str(dst) in str(info.value), (rel, at, str(info.value))
+
+
+def test_flipped_bytes_in_an_eval_record_store_are_detected_on_load(tmp_path, caplog):
+    import json
+
+    from chipjax import evaluate as E
+
+    records = [{"i": i, "run": "cam@layer4", "name": f"im{i}.png", "pointing": bool(i % 2), "box_ok": True,
+                "deletion_auc": 0.25 + i / 10} for i in range(4)]
+    store = E.RecordStore(str(tmp_path), {"x": 1}, resume=True, every=100)
+    store.add(records)
+    store.flush()
+    path = tmp_path / "records.jsonl"
+    original = path.read_bytes()
+    lines = original.split(b"\n")
+    starts = np.cumsum([0] + [len(l) + 1 for l in lines[:-1]])
+    offsets = [starts[0] + lines[0].index(b"0.25") + 3,      # a digit of a value: still valid JSON
+               starts[1] + lines[1].index(b"pointing"),     # a key name
+               starts[2] + lines[2].index(b"true") + 1,     # true -> tsue: not JSON
+               starts[3] - 1]                               # the newline between two records
+    for at in offsets:
+        path.write_bytes(original)
+        _flip(path, int(at))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="chipjax"):
+            again = E.RecordStore(str(tmp_path), {"x": 1}, resume=True, every=100)
+        loaded = list(again.records.values())
+        assert all(r in records for r in loaded), at          # nothing damaged is loaded
+        assert len(loaded) < len(records)                     # the damaged record will be computed again
+        assert "damaged record" in caplog.text, at
+    assert json.loads(lines[0])["crc"] == E.record_checksum(json.loads(lines[0]))

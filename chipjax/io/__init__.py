@@ -174,6 +174,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       WeightsError: missing, truncated, corrupt or unknown file.
       UnsafeCheckpointError: a pickle asks for anything but tensors, storages and plain
         containers (e.g. ``os.system``); nothing of it is run.
+      WeightsError: a float tensor holds NaN or ±Inf (the message names it).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -186,7 +187,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if os.path.getsize(path) == 0:
         raise WeightsError(f"{path}: the file is empty")
     try:
-        return _read_by_content(path)
+        state = _read_by_content(path)
     except ChipjaxError as exc:
         if path in str(exc):
             raise
@@ -195,3 +196,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise WeightsError(
             f"{path}: cannot read this checkpoint ({type(exc).__name__}: {exc}); the file is truncated or corrupt"
         ) from None
+    from .orbax_store import check_finite
+
+    check_finite(state, path)
+    return state

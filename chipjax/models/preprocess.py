@@ -41,6 +41,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
             img = Image.open(path)
             img.load()
+            img = _upright(img)
     except Image.DecompressionBombError as e:
         raise ImageError(
             f"{path} is too large to open safely ({e}); downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
@@ -58,8 +59,23 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return img
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as the user sees it: rotated/mirrored as its EXIF Orientation tag says (1..8), tag dropped."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001  an unreadable EXIF block: keep the pixels as stored
+        return img
+    if orientation in (None, 1):
+        return img
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
+
+
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit integer or float: the array rules below
+    if img.mode.startswith("I;16"):  # 16-bit file: scaled by 65535 whatever its largest value
+        return _array_to_rgb(np.asarray(img), full_scale=65535.0)
+    if img.mode.startswith("I") or img.mode == "F":  # 32-bit integer or float: the array rules below
         return _array_to_rgb(np.asarray(img))
     if img.mode in ("La", "RGBa"):  # premultiplied alpha: un-premultiply first
         img = img.convert("LA" if img.mode == "La" else "RGBA")
@@ -73,7 +89,7 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
         raise ImageError(f"cannot convert an image of mode {img.mode} to RGB ({e}); save it as RGB or RGBA") from None
 
 
-def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
+def _array_to_rgb(arr: np.ndarray, full_scale: float | None = None) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -93,7 +109,7 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
         if arr.min() < 0:
             raise InputError(f"image array has negative values (min {arr.min()}); give uint8, uint16 or float in [0, 1]")
-        hi = 1.0 if arr.dtype == bool else 65535.0 if arr.max() > 255 else 255.0
+        hi = full_scale or (1.0 if arr.dtype == bool else 65535.0 if arr.max() > 255 else 255.0)
         out = np.clip(arr.astype(np.float64) / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
     else:
         raise InputError(f"unsupported image dtype {arr.dtype}; use uint8 or float in [0, 1]")
@@ -109,8 +125,11 @@ def to_rgb_uint8(image) -> np.ndarray:
     """A path, PIL image or array -> uint8 ``(H, W, 3)``.
 
     Grayscale, palette, RGBA/LA/PA (composited on white), CMYK, YCbCr, LAB, HSV and 16-bit
-    images are converted: integers above 255 are read as 16-bit (``v / 65535``), floats as
-    [0, 1] when their maximum is ≤ 1, else as [0, 255].
+    images are converted: a 16-bit file is always ``v / 65535`` (also when its values stay ≤ 255),
+    array integers above 255 are read as 16-bit, floats as [0, 1] when their maximum is ≤ 1, else
+    as [0, 255]. Files are turned upright by their EXIF Orientation tag (as photo viewers show
+    them) before anything else: every reader of image files (``explain``, ``fit``, ``eval``, the
+    data sources) goes through here.
     """
     if isinstance(image, (str, os.PathLike)):
         try:
