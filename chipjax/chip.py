@@ -358,9 +358,10 @@ class CHIP:
                              f"load {self.arch} or fit a new CHIP model")
         if self.layer not in model.layers:
             raise InputError(f"this CHIP model's layer {self.layer} is not a layer of {model.name}")
-        want = (_channels_at(model, self.layer), len(model.labels) if getattr(model, "labels", None) else None)
+        channels = _channels_at(model, self.layer) if hasattr(model, "input_size") else None  # zoo models
+        want = (channels, len(model.labels) if getattr(model, "labels", None) else None)
         got = tuple(np.shape(self.weights))
-        if len(got) != 2 or got[0] != want[0] or (want[1] is not None and got[1] != want[1]):
+        if len(got) != 2 or (want[0] is not None and got[0] != want[0]) or (want[1] is not None and got[1] != want[1]):
             raise InputError(f"this CHIP model's weights have shape {got}, but {model.name} at {self.layer} needs "
                              f"({want[0]}, {want[1]}) (channels, classes); the file was edited or fitted on "
                              f"another network: fit a new CHIP model")
