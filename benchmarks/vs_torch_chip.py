@@ -28,6 +28,7 @@ import tempfile
 import numpy as np
 
 from benchmarks import common
+from benchmarks.vs_pytorch import EvalCounter
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -203,7 +204,7 @@ def run_tap(name: str, layer: str, size: int, num_masks: int, reps: int, ablatio
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         stage = getattr(net, layer)
-        counter = _RowCounter(net.fc)
+        counter = EvalCounter(net.fc)
         channels = int(tap.head(xj).shape[-1])
         cam = AblationCAM(net, [stage], batch_size=32, ratio_channels_to_ablate=64 / channels)  # ≈ 128 evaluations
         run_cam = lambda: cam(input_tensor=xt, targets=[ClassifierOutputTarget(target)])  # noqa: E731
@@ -227,19 +228,6 @@ def run_tap(name: str, layer: str, size: int, num_masks: int, reps: int, ablatio
     print(f"{name} {layer}: " + ", ".join(f"{r['method']} {r['per_image']:.2f}s" for r in rows), flush=True)
     jax.clear_caches()
     return rows, dict(parity=parity, agreement=agreement, K=int(tap.head(xj).shape[-1]))
-
-
-class _RowCounter:
-    """Counts the rows passing through ``module`` (one per network evaluation)."""
-
-    def __init__(self, module):
-        self.rows = 0
-        module.register_forward_hook(lambda m, inp, out: setattr(self, "rows", self.rows + out.shape[0]))
-
-    def measure(self, fn) -> int:
-        before = self.rows
-        fn()
-        return self.rows - before
 
 
 def main(argv=None):
