@@ -751,7 +751,8 @@ score_fn = jax.jit(lambda images: jax.nn.softmax(model.module.apply(model.variab
 print(f"{'method':9s} {'pointing':>9s} {'box acc':>8s} {'deletion':>9s} {'insertion':>10s}")
 by_hand = {}
 for name, m in maps.items():
-    di = metrics.deletion_insertion(score_fn, np.asarray(x), m, targets, steps=STEPS, batch=32)
+    di = metrics.deletion_insertion(score_fn, np.asarray(x), m, targets, steps=STEPS, batch=32,
+                                    protocol="rise")  # RISE's reference protocol, as chipjax eval by default
     by_hand[name] = {
         "pointing": metrics.pointing_game(m, gt_boxes, tolerance=15),                       # (B,) bool
         "box_ok": [metrics.localization_correct(mb, g, threshold=0.2, iou=0.5) for mb, g in zip(m, gt_boxes)],
