@@ -233,9 +233,7 @@ def check_options(*, num_masks=DEFAULTS["num_masks"], keep_prob=DEFAULTS["keep_p
     check_lam_ratio(lam_ratio)
     if design not in perturb.DESIGNS:
         raise InputError(f"unknown mask design {design!r}; choose one of {', '.join(perturb.DESIGNS)}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
-                                   or chunk_size < 1):
-        raise InputError(f"chunk_size must be a positive integer (evaluations per step), got {chunk_size!r}")
+    perturb.check_chunk_size(chunk_size)
     perturb.check_perturbation_args(2 if num_masks == "auto" else num_masks, keep_prob, 1, score)
 
 

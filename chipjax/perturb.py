@@ -632,6 +632,13 @@ def sweep(item_fn: Callable[[Any, jax.Array], Any], operands: Any, num_items: in
     return jax.tree.map(lambda a: a[:num_items], out) if reduce == "stack" else out
 
 
+def check_chunk_size(chunk_size) -> None:
+    """:class:`InputError` unless ``chunk_size`` (perturbed evaluations per step) is None or a positive integer."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+                                   or chunk_size < 1):
+        raise InputError(f"chunk_size must be a positive integer (evaluations per step), got {chunk_size!r}")
+
+
 def items_per_step(fn: Callable, variables: Any, site_input: jax.Array, *, num_items: int,
                    chunk_size: int | None, default: int, memory_budget: int | None = None,
                    compute_dtype=None, devices: Sequence[jax.Device] | None = None) -> int:
@@ -643,9 +650,7 @@ def items_per_step(fn: Callable, variables: Any, site_input: jax.Array, *, num_i
     on each device's share of the items, raising :class:`~chipjax.errors.ResourceError` when
     one item cannot fit.
     """
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
-                                   or chunk_size < 1):
-        raise InputError(f"chunk_size must be a positive integer (evaluations per step), got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     batch = site_input.shape[0]
     chunk = masks_per_step(default if chunk_size is None else chunk_size, batch)
     if memory_budget is not None:

@@ -423,8 +423,6 @@ def _tail_reads_images(net: _Network, path: tuple, x) -> bool:
 def _head_fn(net: _Network, path: tuple) -> Callable:
     """``(variables, x (B, S, S, 3)) -> A (B, H, W, K)``: the tapped output; remembers (weakly) which
     images each output came from, for :func:`_tail_fn`."""
-    origins = _ORIGINS
-
     def head_fn(variables, x):
         _, found = net.run(variables["state"], x, path, None)
         out = found["out"]
