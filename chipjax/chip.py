@@ -1,4 +1,4 @@
-"""CHIP: Channel-wise disentangled InterPretation (Cui, Wang & Wang, TNNLS 2020), as DESIGN.md §1 reads it.
+"""CHIP: Channel-wise disentangled InterPretation (Cui, Wang & Wang, TNNLS 2020), as docs/DESIGN.md §1 reads it.
 
 * Image-level CHIP (:func:`chip_maps`): perturb the channels of one layer with N
   random masks, regress each image's target-class score on the masks with a

@@ -5,7 +5,7 @@ For every class column ``c`` at once, :func:`lasso` minimises
     ½ wᵀ G w − R[:, c]ᵀ w + λ_c ‖w‖₁        (optionally subject to w ≥ 0)
 
 which, with ``G = MᵀM/N`` and ``R = MᵀY/N`` of centred masks and scores, equals the CHIP
-objective ``1/(2N) ‖Y_c − M w‖² + λ_c ‖w‖₁`` up to the constant ``½ Var(Y_c)`` (DESIGN.md
+objective ``1/(2N) ‖Y_c − M w‖² + λ_c ‖w‖₁`` up to the constant ``½ Var(Y_c)`` (docs/DESIGN.md
 §1.3). It never touches the N perturbations: ``G (K, K)`` and ``R (K, C)`` come from
 :mod:`chipjax.stats`.
 

@@ -1,6 +1,6 @@
 """Sufficient statistics of perturbations: what the CHIP lasso needs, in O(K² + KC) memory.
 
-The CHIP model (DESIGN.md §1.3) is a lasso on *centred* masks ``M (N, K)`` and scores
+The CHIP model (docs/DESIGN.md §1.3) is a lasso on *centred* masks ``M (N, K)`` and scores
 ``Y (N, C)``; it needs only ``G = MᵀM/N`` and ``R = MᵀY/N`` of the centred data (and, for an
 exact duality gap, the score variances). :class:`Stats` keeps them as count, means and
 *centred co-moment sums* (Welford/Chan), which stay accurate in float32 however many
