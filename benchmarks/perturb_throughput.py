@@ -18,8 +18,10 @@ alternately (see :mod:`benchmarks.common`):
 ``ratio = plain time / ours time`` (1.0 = the perturbation costs nothing on top of the tail).
 The arithmetic ceiling is XLA's FLOP count of one tail evaluation
 (``jit(tail).lower(...).compile().cost_analysis()``) against this machine's measured matmul rate
-at XLA's default precision (as the tail runs), float32 or bf16. ``--baseline FILE`` also
-times another version of ``perturb.py`` (e.g. the engine before a change) on the same cases.
+at XLA's default precision (as the tail runs), float32 or bf16. ``--baseline REV`` also times
+``chipjax/perturb.py`` as it was at git revision ``REV`` (e.g. the engine before a change) on the same
+cases, imported beside the current package (its relative imports resolve to the current modules, so
+``REV`` must share today's ``stats`` API).
 
     python -m benchmarks.perturb_throughput --quick
     python -m benchmarks.perturb_throughput --batch 1,8 --dtype both
@@ -29,7 +31,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import pathlib
+import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +52,16 @@ CASES = {
 DEFAULT_CASES = "resnet50:layer3,resnet50:layer4,efficientnet_lite0:head,efficientnet_lite0:blocks.15.expand"
 
 
-def load_baseline(path: str):
-    """Import another ``perturb.py`` as a module of the chipjax package (its relative imports resolve)."""
+def load_baseline(rev: str):
+    """Import ``chipjax/perturb.py`` of git revision ``rev`` as a module of the chipjax package."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:chipjax/perturb.py"], cwd=root, check=True,
+                                capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise SystemExit(f"--baseline {rev}: cannot read chipjax/perturb.py at that git revision ({e})")
+    path = pathlib.Path(tempfile.mkdtemp()) / "perturb_baseline.py"
+    path.write_text(source, encoding="utf-8")
     spec = importlib.util.spec_from_file_location("chipjax._perturb_baseline", path)
     module = importlib.util.module_from_spec(spec)
     module.__package__ = "chipjax"
@@ -141,7 +154,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="float32")
     p.add_argument("--classes", choices=["one", "all"], default="one",
                    help="scores streamed per image: its top class (image-level CHIP) or all (class-level)")
-    p.add_argument("--baseline", default=None, help="another perturb.py to time as 'before'")
+    p.add_argument("--baseline", default=None, help="a git revision whose chipjax/perturb.py is timed as 'before'")
     p.add_argument("--matmul-size", type=int, default=None, help="n of the n×n matmul measuring the peak rate")
     p.add_argument("--skip-in-jit", action="store_true", help="do not time the in-jit (traced key) variant")
     p.add_argument("--tflops", action="store_true", help="report FLOP rates in TFLOP/s (accelerators)")

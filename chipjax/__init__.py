@@ -4,47 +4,24 @@
 >>> model = cj.load_model("efficientnet_lite0")
 >>> x = model.preprocess(image)
 >>> maps = cj.explain(model, x, method="chip")      # (B, S, S) in [0, 1]
+
+The public API is what this file imports by name (``__all__``); the modules behind it stay
+importable as ``chipjax.<module>`` for the lower-level functions (docs/DESIGN.md §2, §3).
 """
 from __future__ import annotations
 
-import importlib
+from . import cams, chip, data, errors, evalsets, evaluate, methods, metrics, perturb, solvers, stats, tap, viz
+from .chip import CHIP
+from .fit import fit_folder
+from .methods import explain
+from .models import load_model, model_names
+from .models.base import Model
+from .tap import ModuleTap, Tap, module_layers, tap_module
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "load_model": ("chipjax.models", "load_model"),
-    "model_names": ("chipjax.models", "model_names"),
-    "Model": ("chipjax.models.base", "Model"),
-    "Tap": ("chipjax.tap", "Tap"),
-    "tap_module": ("chipjax.tap", "tap_module"),
-    "ModuleTap": ("chipjax.tap", "ModuleTap"),
-    "module_layers": ("chipjax.tap", "module_layers"),
-    "tap": ("chipjax.tap", None),
-    "explain": ("chipjax.methods", "explain"),
-    "CHIP": ("chipjax.chip", "CHIP"),
-    "errors": ("chipjax.errors", None),
-    "solvers": ("chipjax.solvers", None),
-    "stats": ("chipjax.stats", None),
-    "perturb": ("chipjax.perturb", None),
-    "chip": ("chipjax.chip", None),
-    "methods": ("chipjax.methods", None),
-    "cams": ("chipjax.cams", None),
-    "metrics": ("chipjax.metrics", None),
-    "data": ("chipjax.data", None),
-    "viz": ("chipjax.viz", None),
-    "evalsets": ("chipjax.evalsets", None),
-    "evaluate": ("chipjax.evaluate", None),
-    "fit_folder": ("chipjax.fit", "fit_folder"),
-}
-
-__all__ = sorted(_LAZY) + ["__version__"]
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'chipjax' has no attribute {name!r}")
-    module_name, attr = _LAZY[name]
-    module = importlib.import_module(module_name)
-    value = module if attr is None else getattr(module, attr)
-    globals()[name] = value
-    return value
+__all__ = [
+    "CHIP", "Model", "ModuleTap", "Tap", "__version__", "cams", "chip", "data", "errors", "evalsets", "evaluate",
+    "explain", "fit_folder", "load_model", "methods", "metrics", "model_names", "module_layers", "perturb",
+    "solvers", "stats", "tap", "tap_module", "viz",
+]

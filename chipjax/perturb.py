@@ -307,69 +307,13 @@ def expand_shared(stats: st.Stats, batch: int) -> st.Stats:
                       for field, axis in zip(stats, SHARED_AXES)))
 
 
-class _Sums(NamedTuple):
-    """Running sums over one device's (mask, score) pairs, with 0/1 weights ``w`` (0: padding).
-
-    Mask part, integers and exact in float32: count ``()`` Σw; mask_sum ``(K,)`` Σ w m;
-    mask_gram ``(K, K)`` Σ w m mᵀ. Score part, shifted by ``shift (B, C')`` c (the first
-    chunk's mean scores): score_sum ``(B, C')`` Σ w (y − c); cross_sum ``(B, K, C')``
-    Σ w m (y − c)ᵀ; score_sq ``(B, C')`` Σ w (y − c)².
-    """
-
-    count: jax.Array
-    mask_sum: jax.Array
-    mask_gram: jax.Array
-    shift: jax.Array
-    score_sum: jax.Array
-    cross_sum: jax.Array
-    score_sq: jax.Array
-
-
 def _chunk_sums(masks: jax.Array, scores: jax.Array, valid: jax.Array | None, shift: jax.Array | None,
-                gram_mode: str | None) -> _Sums:
-    """Sums of one chunk: ``masks (n, K)`` 0/1, ``scores (n, B, C')``, ``valid (n,)`` bool or None (all).
-
-    ``shift None``: shift by this chunk's own mean scores. ``gram_mode None``: skip the mask Gram
-    (it comes from elsewhere; ``mask_gram`` is then a placeholder 0).
-    """
-    n = masks.shape[0]
-    w = jnp.ones((n,), jnp.float32) if valid is None else valid.astype(jnp.float32)
-    count = jnp.sum(w)
-    if shift is None:
-        shift = jnp.einsum("n,nbc->bc", w, scores, precision=_HIGHEST) / jnp.maximum(count, 1.0)
-    d = scores - shift
-    wd = d if valid is None else d * w[:, None, None]  # zero on padding rows
-    weighted = masks if valid is None else masks * w[:, None]
-    return _Sums(
-        count=count,
-        mask_sum=jnp.sum(weighted, axis=0),
-        mask_gram=jnp.zeros(()) if gram_mode is None else _mask_gram(weighted, masks, gram_mode),
-        shift=shift,
-        score_sum=jnp.sum(wd, axis=0),
-        cross_sum=jnp.einsum("nk,nbc->bkc", masks, wd, precision=_HIGHEST),
-        score_sq=jnp.sum(wd * d, axis=0),
-    )
-
-
-def _add_sums(a: _Sums, b: _Sums) -> _Sums:
-    """Sums of two sets of pairs taken with the same shift (``a``'s)."""
-    return jax.tree.map(jnp.add, a, b)._replace(shift=a.shift)
-
-
-def _stats_from_sums(s: _Sums, gram: jax.Array | None = None) -> st.Stats:
-    """Centre the sums once: Stats in the shared layout (``gram``: Σ w m mᵀ if not in ``s``)."""
-    gram = s.mask_gram if gram is None else gram
-    inv = jnp.where(s.count > 0, 1.0 / jnp.maximum(s.count, 1.0), 0.0)
-    mask_mean = s.mask_sum * inv
-    score_delta = s.score_sum * inv  # (B, C') mean of y − c
-    return st.Stats(
-        count=s.count,
-        mask_mean=mask_mean,
-        score_mean=s.shift + score_delta,
-        mask_comoment=gram - jnp.outer(mask_mean, s.mask_sum),
-        cross_comoment=s.cross_sum - mask_mean[None, :, None] * s.score_sum[:, None, :],
-        score_sqdev=s.score_sq - score_delta * s.score_sum,
-    )
+                gram_mode: str | None) -> st.Sums:
+    """:func:`chipjax.stats.chunk_sums` of one chunk, ``valid (n,)`` bool or None (all); ``gram_mode``
+    None skips the mask Gram (it comes from the per-stream cache)."""
+    weights = None if valid is None else valid.astype(jnp.float32)
+    gram = None if gram_mode is None else (lambda weighted, masks: _mask_gram(weighted, masks, gram_mode))
+    return st.chunk_sums(masks, scores, weights, shift, gram)
 
 
 def _stream(chunk_fn: Callable, count: int, chunk: int):
@@ -391,7 +335,7 @@ def _stream(chunk_fn: Callable, count: int, chunk: int):
 
 
 def _device_sums(tail_fn, variables, features, key, classes, first, start, *, count, num_masks, chunk, keep_prob,
-                 design, score, gram_mode, padded) -> _Sums:
+                 design, score, gram_mode, padded) -> st.Sums:
     """Sums over the masks ``first + start … first + start + count − 1`` on one device (``padded``: some
     of them may lie past the call's ``num_masks``; those weigh 0). ``gram_mode None``: no mask Gram."""
     num_channels = features.shape[-1]
@@ -403,7 +347,7 @@ def _device_sums(tail_fn, variables, features, key, classes, first, start, *, co
         y = select_classes(scores_from_logits(logits.astype(jnp.float32), score), classes)  # (n, B, C')
         valid = (local < num_masks) if padded else None
         part = _chunk_sums(masks, y, valid, None if acc is None else acc.shift, gram_mode)
-        return part if acc is None else _add_sums(acc, part)
+        return part if acc is None else st.add_sums(acc, part)
 
     return _stream(chunk_fn, count, chunk)
 
@@ -424,14 +368,14 @@ def _shared_stats_jit(tail_fn, variables, features, key, classes, gram, first, *
                    score=score, gram_mode=gram_mode if gram is None else None,
                    padded=per_device * num_devices != num_masks)
     if num_devices == 1:
-        return _stats_from_sums(_device_sums(tail_fn, variables, features, key, classes, first, 0, **options), gram)
+        return st.stats_from_sums(_device_sums(tail_fn, variables, features, key, classes, first, 0, **options), gram)
 
     def shard(variables, features, key, classes, first):
         start = lax.axis_index(MASK_AXIS) * per_device
         sums = _device_sums(tail_fn, variables, features, key, classes, first, start, **options)
         if gram is not None:  # placeholder: the pooled co-moment is set from the global Gram below
             sums = sums._replace(mask_gram=jnp.zeros((features.shape[-1],) * 2))
-        local = _stats_from_sums(sums)
+        local = st.stats_from_sums(sums)
         return jax.vmap(lambda s: st.psum_merge(s, MASK_AXIS), in_axes=(SHARED_AXES,), out_axes=SHARED_AXES)(local)
 
     mesh = jax.sharding.Mesh(np.asarray(devices), (MASK_AXIS,))

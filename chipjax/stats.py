@@ -27,6 +27,10 @@ correction), but it is a sum of mean-shifted terms, so it takes a ``psum`` per f
 :func:`psum_merge` inside ``jax.shard_map`` (or ``pmap``/named ``vmap``) pools the
 per-shard stats exactly. :func:`merge_many` is the same pooling over a stacked axis
 (e.g. after an ``all_gather``); both share one implementation (:func:`_pool`).
+
+One accumulator: the perturbation engine (:mod:`chipjax.perturb`) streams a chunk's pairs into
+:class:`Sums` (:func:`chunk_sums`, :func:`add_sums`: no merge per chunk) and centres them once
+(:func:`stats_from_sums`); :func:`from_batch` is that same accumulator on one batch.
 """
 from __future__ import annotations
 
@@ -149,30 +153,90 @@ def score_var(stats: Stats) -> jax.Array:
     return _per_count(stats.score_sqdev, stats.count[..., None])
 
 
+class Sums(NamedTuple):
+    """Running sums of (mask, score) pairs, the accumulator the perturbation engine streams into.
+
+    B images share one mask stream: the mask part carries no image axis. Mask part (exact integers
+    in float32 for 0/1 masks and 0/1 weights): count ``()`` Σw; mask_sum ``(K,)`` Σ w m; mask_gram
+    ``(K, K)`` Σ w m mᵀ. Score part, shifted by ``shift (B, C)`` c (the first chunk's mean scores, so
+    the sums stay small however far the scores sit from zero): score_sum ``(B, C)`` Σ w (y − c);
+    cross_sum ``(B, K, C)`` Σ w m (y − c)ᵀ; score_sq ``(B, C)`` Σ w (y − c)².
+    """
+
+    count: jax.Array
+    mask_sum: jax.Array
+    mask_gram: jax.Array
+    shift: jax.Array
+    score_sum: jax.Array
+    cross_sum: jax.Array
+    score_sq: jax.Array
+
+
+def _plain_gram(weighted: jax.Array, masks: jax.Array) -> jax.Array:
+    return jnp.matmul(weighted.T, masks, precision=_HIGHEST)
+
+
+def chunk_sums(masks: jax.Array, scores: jax.Array, weights: jax.Array | None = None,
+               shift: jax.Array | None = None,
+               gram: Callable[[jax.Array, jax.Array], jax.Array] | None = _plain_gram) -> Sums:
+    """:class:`Sums` of one chunk: ``masks (n, K)``, ``scores (n, B, C)``, ``weights (n,)`` or None (all 1).
+
+    ``shift None``: shift by this chunk's own (weighted) mean scores. ``gram(weighted_masks, masks)``
+    computes Σ w m mᵀ ``(K, K)`` (the engine passes its platform's fastest exact form); ``None`` skips it
+    (``mask_gram`` is then a placeholder 0: the Gram comes from elsewhere).
+    """
+    n = masks.shape[0]
+    w = jnp.ones((n,), scores.dtype) if weights is None else weights.astype(scores.dtype)
+    count = jnp.sum(w)
+    if shift is None:
+        shift = jnp.einsum("n,nbc->bc", w, scores, precision=_HIGHEST) / jnp.maximum(count, 1.0)
+    d = scores - shift
+    wd = d if weights is None else d * w[:, None, None]  # zero on zero-weight (padding) rows
+    weighted = masks if weights is None else masks * w[:, None]
+    return Sums(
+        count=count,
+        mask_sum=jnp.sum(weighted, axis=0),
+        mask_gram=jnp.zeros(()) if gram is None else gram(weighted, masks),
+        shift=shift,
+        score_sum=jnp.sum(wd, axis=0),
+        cross_sum=jnp.einsum("nk,nbc->bkc", masks, wd, precision=_HIGHEST),
+        score_sq=jnp.sum(wd * d, axis=0),
+    )
+
+
+def add_sums(a: Sums, b: Sums) -> Sums:
+    """Sums of two sets of pairs taken with the same shift (``a``'s)."""
+    return jax.tree.map(jnp.add, a, b)._replace(shift=a.shift)
+
+
+def stats_from_sums(s: Sums, gram: jax.Array | None = None) -> Stats:
+    """Centre the sums once: :class:`Stats` whose mask fields are shared and whose score fields carry the
+    image axis B (``gram``: Σ w m mᵀ when it is not in ``s``)."""
+    gram = s.mask_gram if gram is None else gram
+    inv = jnp.where(s.count > 0, 1.0 / jnp.maximum(s.count, 1.0), 0.0)
+    mask_mean = s.mask_sum * inv
+    score_delta = s.score_sum * inv  # (B, C) mean of y − c
+    return Stats(
+        count=s.count,
+        mask_mean=mask_mean,
+        score_mean=s.shift + score_delta,
+        mask_comoment=gram - jnp.outer(mask_mean, s.mask_sum),
+        cross_comoment=s.cross_sum - mask_mean[None, :, None] * s.score_sum[:, None, :],
+        score_sqdev=s.score_sq - score_delta * s.score_sum,
+    )
+
+
 @jax.jit
 def _from_batch(masks, scores, weights):
-    """:func:`from_batch` of one image's pairs ``(n, K)``, ``(n, C)``, ``(n,)`` or None."""
+    """:func:`from_batch` of one image's pairs ``(n, K)``, ``(n, C)``, ``(n,)`` or None: the engine's
+    accumulator (:func:`chunk_sums`, :func:`stats_from_sums`) on one chunk of one image."""
     dtype = jnp.result_type(masks.dtype, scores.dtype, jnp.float32)
     if not jnp.issubdtype(dtype, jnp.floating):
         dtype = jnp.float32
     masks, scores = masks.astype(dtype), scores.astype(dtype)
-    n = masks.shape[0]
-    w = jnp.ones((n,), dtype) if weights is None else jnp.asarray(weights, dtype)
-    count = jnp.sum(w)
-    # Sum, then divide: exact integer sums of 0/1 masks give exact means (a constant channel centres to 0).
-    mask_mean = _per_count(jnp.matmul(w, masks, precision=_HIGHEST), count)
-    score_mean = _per_count(jnp.matmul(w, scores, precision=_HIGHEST), count)
-    dm = masks - mask_mean
-    dy = scores - score_mean
-    wdm = dm * w[:, None]
-    return Stats(
-        count=count,
-        mask_mean=mask_mean,
-        score_mean=score_mean,
-        mask_comoment=jnp.matmul(wdm.T, dm, precision=_HIGHEST),
-        cross_comoment=jnp.matmul(wdm.T, dy, precision=_HIGHEST),
-        score_sqdev=jnp.sum(w[:, None] * dy * dy, axis=0),
-    )
+    weights = None if weights is None else jnp.asarray(weights, dtype)
+    s = stats_from_sums(chunk_sums(masks, scores[:, None, :], weights))
+    return s._replace(score_mean=s.score_mean[0], cross_comoment=s.cross_comoment[0], score_sqdev=s.score_sqdev[0])
 
 
 @jax.jit
