@@ -96,11 +96,6 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def chunk_for_budget(bytes_per_eval: int, budget_bytes: int, batch: int) -> int:
-    """Masks per chunk so that ``chunk · batch · bytes_per_eval ≤ budget_bytes`` (at least 1)."""
-    return max(1, int(budget_bytes // max(1, bytes_per_eval * batch)))
-
-
 def default_chunk(num_masks: int, batch: int, evals_per_step: int = 256) -> int:
     """A chunk of about ``evals_per_step`` perturbed evaluations per step."""
     return max(1, min(num_masks, math.ceil(evals_per_step / max(1, batch))))

@@ -279,8 +279,6 @@ def test_bf16_halves_the_per_evaluation_estimate(conv_problem):
     assert bf16.per_eval < 0.75 * f32.per_eval
 
 
-def test_default_and_budget_chunk_helpers():
+def test_default_chunk_is_about_256_evaluations_and_at_most_the_mask_count():
     assert perturb.default_chunk(1000, 4) == 64
     assert perturb.default_chunk(10, 1) == 10
-    assert perturb.chunk_for_budget(100, 1000, 2) == 5
-    assert perturb.chunk_for_budget(10 ** 6, 10, 2) == 1
