@@ -71,7 +71,7 @@ def load_baseline(rev: str):
 
 
 def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, dtype: str, classes: str,
-             reps: int, rates: dict, baseline=None, in_jit: bool = True) -> dict:
+             reps: int, rates: dict, baseline=None, in_jit: bool = True, ablation: bool = True) -> dict:
     """Time ours / plain (/ baseline) on one tap; returns one result row as a dict."""
     import chipjax as cj
     from chipjax import perturb
@@ -110,12 +110,12 @@ def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, d
     def chip_full():
         return chip.image_weights(tap, A, targets, key, num_masks=num_masks, chunk=chunk)[0]
 
-    def ablation():
+    def ablation_cam():
         return cams.ablation_weights(tap.tail_fn, tap.variables, A, targets, chunk=chunk)
 
     cases = {"ours": ours, "plain": plain}
     if dtype == "float32":
-        cases.update(chip=chip_full, ablation=ablation)
+        cases.update(chip=chip_full, **({"ablation": ablation_cam} if ablation else {}))
     if in_jit:
         cases["ours_in_jit"] = lambda: ours_in_jit(tap.variables, A, key, top)
     if baseline is not None and dtype == "float32":
@@ -137,6 +137,7 @@ def run_case(name: str, layer: str, *, batch: int, num_masks: int, chunk: int, d
         row["in_jit_ratio"] = common.median_ratio(times["plain"], times["ours_in_jit"]) * num_masks / (calls * chunk)
     if "chip" in times:
         row["chip_ratio"] = common.median_ratio(times["plain"], times["chip"]) * num_masks / (calls * chunk)
+    if "ablation" in times:
         row["ablation_ratio"] = common.median_ratio(times["plain"], times["ablation"]) * K / (calls * chunk)
     if "before" in times:
         row["before"] = evals / common.median(times["before"])
@@ -157,6 +158,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--baseline", default=None, help="a git revision whose chipjax/perturb.py is timed as 'before'")
     p.add_argument("--matmul-size", type=int, default=None, help="n of the n×n matmul measuring the peak rate")
     p.add_argument("--skip-in-jit", action="store_true", help="do not time the in-jit (traced key) variant")
+    p.add_argument("--skip-ablation", action="store_true",
+                   help="do not time Ablation-CAM (K evaluations per image: long at large B)")
     p.add_argument("--tflops", action="store_true", help="report FLOP rates in TFLOP/s (accelerators)")
     p.add_argument("--label", default="", help="appended to the RESULTS.md section title (e.g. the machine)")
     args = p.parse_args(argv)
@@ -175,7 +178,7 @@ def main(argv=None) -> list[dict]:
             for dt in dtypes:
                 row = run_case(name, layer, batch=batch, num_masks=num_masks, chunk=min(chunk, num_masks), dtype=dt,
                                classes=args.classes, reps=reps, rates=rates, baseline=baseline,
-                               in_jit=not args.skip_in_jit)
+                               in_jit=not args.skip_in_jit, ablation=not args.skip_ablation)
                 rows.append(row)
                 print(f"{case} B={batch} {dt}: ours {row['ours']:.0f} evals/s, plain {row['plain']:.0f}, "
                       f"ratio {row['ratio']:.2f}, in jit {row.get('in_jit_ratio', float('nan')):.2f}" + (f", before {row['before']:.0f} (×{row['speedup']:.2f})"
