@@ -16,7 +16,8 @@ RISE explains at the input instead and only shares the normalisation.
 
 Every ``*_maps`` function has the signature
 ``fn(tap, x (B, S, S, 3), targets (B,) int, *, features=None, **options) -> (B, S, S)``
-in [0, 1] (never NaN) and is listed in :data:`METHODS` for :func:`chipjax.explain`.
+in [0, 1] (never NaN) and is listed in :data:`MAP_FUNCTIONS`; its options are a dataclass of
+:mod:`chipjax.options`, checked once, and ``*_maps_with`` (:data:`MAPS_WITH_OPTIONS`) takes them checked.
 """
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from . import perturb
 from .errors import InputError
 from .heatmaps import heatmap, normalize01, upsample
+from .options import AblationCamOptions, RiseOptions, ScoreCamOptions
 from .tap import Tap
 
 #: A gradient whose spatial spread exceeds this fraction of its largest magnitude is "not constant" (CAM check).
@@ -281,9 +282,9 @@ def gradcampp_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.
 
 
 def ablationcam_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None,
-                     score: str = "logit", chunk_size: int | None = None, memory_budget: int | None = None,
-                     compute_dtype=None) -> jax.Array:
-    """Ablation-CAM heat maps (see :func:`ablation_weights`).
+                     score: str = AblationCamOptions.score, chunk_size: int | None = None,
+                     memory_budget: int | str | None = None, compute_dtype=None) -> jax.Array:
+    """Ablation-CAM heat maps (see :func:`ablation_weights`); options: :class:`~chipjax.options.AblationCamOptions`.
 
     Args:
       score: ``logit`` (default, as pytorch-grad-cam), ``prob`` or ``logprob``.
@@ -292,19 +293,29 @@ def ablationcam_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: ja
         :func:`chipjax.perturb.items_per_step`).
       compute_dtype: e.g. ``"bfloat16"``: the ablated tails run in it (scores float32).
     """
+    options = AblationCamOptions(score=score, chunk_size=chunk_size, memory_budget=memory_budget,
+                                 compute_dtype=compute_dtype).check()
+    return ablationcam_maps_with(tap, x, targets, options, features)
+
+
+def ablationcam_maps_with(tap: Tap, x: jax.Array, targets: jax.Array, options: AblationCamOptions,
+                          features: jax.Array | None = None) -> jax.Array:
+    """:func:`ablationcam_maps` with its options already checked: ``(B, S, S)`` in [0, 1]."""
     A = feature_maps(tap, x, features)
-    check_score(score)
-    chunk = perturb.items_per_step(tap.tail_fn, tap.variables, A, num_items=A.shape[-1], chunk_size=chunk_size,
-                                   default=256, memory_budget=memory_budget, compute_dtype=compute_dtype)
-    W = ablation_weights(tap.tail_fn, tap.variables, A, as_targets(targets), chunk=chunk, score=score,
-                         compute_dtype=_dtype(compute_dtype))
+    chunk = perturb.items_per_step(tap.tail_fn, tap.variables, A, num_items=A.shape[-1], chunk_size=options.chunk_size,
+                                   default=256, memory_budget=options.memory_budget,
+                                   compute_dtype=options.compute_dtype)
+    W = ablation_weights(tap.tail_fn, tap.variables, A, as_targets(targets), chunk=chunk, score=options.score,
+                         compute_dtype=_dtype(options.compute_dtype))
     return heatmap(A, W, x.shape[1:3])
 
 
 def scorecam_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None,
-                  score: str = "logit", channel_softmax: bool = True, chunk_size: int | None = None,
-                  memory_budget: int | None = None, compute_dtype=None) -> jax.Array:
-    """Score-CAM heat maps (see :func:`scorecam_weights`; defaults follow pytorch-grad-cam).
+                  score: str = ScoreCamOptions.score, channel_softmax: bool = ScoreCamOptions.channel_softmax,
+                  chunk_size: int | None = None, memory_budget: int | str | None = None,
+                  compute_dtype=None) -> jax.Array:
+    """Score-CAM heat maps (see :func:`scorecam_weights`; defaults follow pytorch-grad-cam); options:
+    :class:`~chipjax.options.ScoreCamOptions`.
 
     Args:
       score: ``logit`` (default), ``prob`` or ``logprob`` of the target on each masked image.
@@ -312,20 +323,30 @@ def scorecam_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.A
       chunk_size: full-network evaluations per step (default 64); memory ∝ chunk_size.
       memory_budget, compute_dtype: as :func:`ablationcam_maps`.
     """
+    options = ScoreCamOptions(score=score, channel_softmax=channel_softmax, chunk_size=chunk_size,
+                              memory_budget=memory_budget, compute_dtype=compute_dtype).check()
+    return scorecam_maps_with(tap, x, targets, options, features)
+
+
+def scorecam_maps_with(tap: Tap, x: jax.Array, targets: jax.Array, options: ScoreCamOptions,
+                       features: jax.Array | None = None) -> jax.Array:
+    """:func:`scorecam_maps` with its options already checked: ``(B, S, S)`` in [0, 1]."""
     A = feature_maps(tap, x, features)
-    check_score(score)
     chunk = perturb.items_per_step(_whole_network(tap), tap.variables, x, num_items=A.shape[-1],
-                                   chunk_size=chunk_size, default=64, memory_budget=memory_budget,
-                                   compute_dtype=compute_dtype)
+                                   chunk_size=options.chunk_size, default=64, memory_budget=options.memory_budget,
+                                   compute_dtype=options.compute_dtype)
     W = scorecam_weights(tap.head_fn, tap.tail_fn, tap.variables, x, A, as_targets(targets), chunk=chunk,
-                         score=score, channel_softmax=bool(channel_softmax), compute_dtype=_dtype(compute_dtype))
+                         score=options.score, channel_softmax=options.channel_softmax,
+                         compute_dtype=_dtype(options.compute_dtype))
     return heatmap(A, W, x.shape[1:3])
 
 
 def rise_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array | None = None,
-              num_masks: int = 2000, seed: int = 0, grid: int = 7, keep_prob: float = 0.5, score: str = "prob",
-              chunk_size: int | None = None, memory_budget: int | None = None, compute_dtype=None) -> jax.Array:
-    """RISE heat maps at the input (the tap's feature maps are not used; head and tail both run).
+              num_masks: int = RiseOptions.num_masks, seed: int = RiseOptions.seed, grid: int = RiseOptions.grid,
+              keep_prob: float = RiseOptions.keep_prob, score: str = RiseOptions.score,
+              chunk_size: int | None = None, memory_budget: int | str | None = None, compute_dtype=None) -> jax.Array:
+    """RISE heat maps at the input (the tap's feature maps are not used; head and tail both run); options:
+    :class:`~chipjax.options.RiseOptions`.
 
     Args:
       num_masks: N random masks (the paper used 4000; at most 2²⁴ as for CHIP).
@@ -339,23 +360,22 @@ def rise_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, features: jax.Array
     Returns:
       ``(B, S, S)`` in [0, 1].
     """
+    options = RiseOptions(num_masks=num_masks, seed=seed, grid=grid, keep_prob=keep_prob, score=score,
+                          chunk_size=chunk_size, memory_budget=memory_budget, compute_dtype=compute_dtype).check()
+    return rise_maps_with(tap, x, targets, options, features)
+
+
+def rise_maps_with(tap: Tap, x: jax.Array, targets: jax.Array, options: RiseOptions,
+                   features: jax.Array | None = None) -> jax.Array:
+    """:func:`rise_maps` with its options already checked: ``(B, S, S)`` in [0, 1]."""
     del features
-    if isinstance(num_masks, bool) or not isinstance(num_masks, (int, np.integer)) or num_masks < 1:
-        raise InputError(f"num_masks must be a positive integer, got {num_masks!r}")
-    if num_masks > perturb.MAX_MASKS:
-        raise InputError(f"num_masks must be at most 2**24 = {perturb.MAX_MASKS}, got {num_masks}")
-    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
-        raise InputError(f"grid must be a positive integer (RISE's coarse mask side, e.g. 7), got {grid!r}")
-    if not (0.0 < float(keep_prob) <= 1.0):
-        raise InputError(f"keep_prob must lie in (0, 1], got {keep_prob!r}")
-    check_score(score)
-    chunk = perturb.items_per_step(_whole_network(tap), tap.variables, x, num_items=int(num_masks),
-                                   chunk_size=chunk_size, default=64, memory_budget=memory_budget,
-                                   compute_dtype=compute_dtype)
-    sal = rise_saliency(tap.head_fn, tap.tail_fn, tap.variables, x, as_targets(targets),
-                        jax.random.PRNGKey(perturb.check_seed(seed)),
-                        num_masks=int(num_masks), chunk=chunk, grid=int(grid), keep_prob=float(keep_prob), score=score,
-                        compute_dtype=_dtype(compute_dtype))
+    o = options
+    chunk = perturb.items_per_step(_whole_network(tap), tap.variables, x, num_items=o.num_masks,
+                                   chunk_size=o.chunk_size, default=64, memory_budget=o.memory_budget,
+                                   compute_dtype=o.compute_dtype)
+    sal = rise_saliency(tap.head_fn, tap.tail_fn, tap.variables, x, as_targets(targets), jax.random.PRNGKey(o.seed),
+                        num_masks=o.num_masks, chunk=chunk, grid=o.grid, keep_prob=o.keep_prob, score=o.score,
+                        compute_dtype=_dtype(o.compute_dtype))
     return normalize01(sal)
 
 
@@ -388,13 +408,19 @@ def as_targets(targets) -> jax.Array:
     return jnp.asarray(targets, jnp.int32).reshape(-1)
 
 
-def check_score(score: str) -> None:
-    if score not in perturb.SCORES:
-        raise InputError(f"score must be one of {', '.join(perturb.SCORES)}, got {score!r}")
+#: Baseline name -> map function taking checked options, ``fn(tap, x, targets, options, features)``
+#: (``options`` from :data:`chipjax.options.METHOD_OPTIONS`), for :func:`chipjax.explain`.
+MAPS_WITH_OPTIONS: dict[str, Callable[..., jax.Array]] = {
+    "cam": lambda tap, x, targets, options, features=None: cam_maps(tap, x, targets, features=features),
+    "gradcam": lambda tap, x, targets, options, features=None: gradcam_maps(tap, x, targets, features=features),
+    "gradcam++": lambda tap, x, targets, options, features=None: gradcampp_maps(tap, x, targets, features=features),
+    "ablationcam": ablationcam_maps_with,
+    "scorecam": scorecam_maps_with,
+    "rise": rise_maps_with,
+}
 
-
-#: Method name -> map function, for :func:`chipjax.explain`.
-METHODS: dict[str, Callable[..., jax.Array]] = {
+#: Baseline name -> its public map function ``fn(tap, x, targets, *, features=None, **options)``.
+MAP_FUNCTIONS: dict[str, Callable[..., jax.Array]] = {
     "cam": cam_maps,
     "gradcam": gradcam_maps,
     "gradcam++": gradcampp_maps,

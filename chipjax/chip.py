@@ -29,15 +29,18 @@ from . import perturb, solvers
 from . import stats as st
 from .errors import InputError, WeightsError
 from .heatmaps import heatmap, normalize01
+from .options import ChipOptions, FitOptions
 from .tap import Tap
 
-DEFAULTS = dict(num_masks=2048, keep_prob=0.5, lam_ratio=0.05, score="prob", nonneg=False, design="iid")
+#: CHIP's defaults, as :class:`chipjax.options.ChipOptions` declares them (written there once).
+DEFAULTS = {name: getattr(ChipOptions, name) for name in ("num_masks", "keep_prob", "lam_ratio", "score", "nonneg",
+                                                          "design", "seed")}
 
 #: Relative duality gap at which CHIP's lasso stops (float32 reaches about 1e-7; 1e-6 gives the same maps, faster).
 SOLVER_TOL = 1e-6
 
 #: ``num_masks="auto"``: masks per round, the stability to reach and the most masks drawn.
-AUTO = dict(round_masks=256, stability=0.99, max_masks=8192)
+AUTO = dict(round_masks=256, stability=ChipOptions.stability, max_masks=ChipOptions.max_masks)
 #: FISTA iterations of each stopping check of ``num_masks="auto"`` (warm-started).
 AUTO_CHECK_ITERS = 300
 
@@ -178,7 +181,7 @@ def auto_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Arr
     return ImageFit(weights=W, num_masks=used, stability=predicted)
 
 
-def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = 0,
+def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = DEFAULTS["seed"],
               num_masks: int | str = DEFAULTS["num_masks"], keep_prob: float = DEFAULTS["keep_prob"],
               lam_ratio: float = DEFAULTS["lam_ratio"], score: str = DEFAULTS["score"],
               nonneg: bool = DEFAULTS["nonneg"], design: str = DEFAULTS["design"], chunk_size: int | None = None,
@@ -211,30 +214,34 @@ def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = 0,
     Returns:
       ``(B, S, S)`` maps in [0, 1].
     """
-    check_options(num_masks=num_masks, keep_prob=keep_prob, lam_ratio=lam_ratio, score=score, design=design,
-                  chunk_size=chunk_size)
+    options = ChipOptions(seed=seed, num_masks=num_masks, keep_prob=keep_prob, lam_ratio=lam_ratio, score=score,
+                          nonneg=nonneg, design=design, chunk_size=chunk_size, memory_budget=memory_budget,
+                          stability=stability, max_masks=max_masks, compute_dtype=compute_dtype).check()
+    return chip_maps_with(tap, x, targets, options, features)
+
+
+def chip_maps_with(tap: Tap, x: jax.Array, targets: jax.Array, options: ChipOptions,
+                   features: jax.Array | None = None) -> jax.Array:
+    """:func:`chip_maps` with its options already checked (``cj.explain`` checks them once, at its entry).
+
+    Args:
+      x: ``(B, S, S, 3)``; targets: ``(B,)``; options: a checked :class:`~chipjax.options.ChipOptions`;
+      features: ``tap.head(x)`` if already computed.
+    Returns:
+      ``(B, S, S)`` maps in [0, 1].
+    """
     A = tap.head(x) if features is None else features
-    chunk = None if chunk_size is None else perturb.masks_per_step(chunk_size, x.shape[0])
-    options = dict(keep_prob=float(keep_prob), design=design, score=score, lam_ratio=float(lam_ratio),
-                   nonneg=bool(nonneg), chunk=chunk, memory_budget=memory_budget, compute_dtype=compute_dtype)
-    key = jax.random.PRNGKey(perturb.check_seed(seed))
-    if num_masks == "auto":
-        W = auto_weights(tap, A, targets, key, x.shape[1:3], stability=stability, max_masks=max_masks,
-                         **options).weights
+    o = options
+    chunk = None if o.chunk_size is None else perturb.masks_per_step(o.chunk_size, x.shape[0])
+    fit_options = dict(keep_prob=o.keep_prob, design=o.design, score=o.score, lam_ratio=o.lam_ratio, nonneg=o.nonneg,
+                       chunk=chunk, memory_budget=o.memory_budget, compute_dtype=o.compute_dtype)
+    key = jax.random.PRNGKey(o.seed)
+    if o.num_masks == "auto":
+        W = auto_weights(tap, A, targets, key, x.shape[1:3], stability=o.stability, max_masks=o.max_masks,
+                         **fit_options).weights
     else:
-        W, _ = image_weights(tap, A, targets, key, num_masks=int(num_masks), **options)
+        W, _ = image_weights(tap, A, targets, key, num_masks=int(o.num_masks), **fit_options)
     return heatmap(A, W, x.shape[1:3])
-
-
-def check_options(*, num_masks=DEFAULTS["num_masks"], keep_prob=DEFAULTS["keep_prob"],
-                  lam_ratio=DEFAULTS["lam_ratio"], score=DEFAULTS["score"], design=DEFAULTS["design"],
-                  chunk_size=None) -> None:
-    """Refuse CHIP options that cannot work (:class:`InputError`), before anything runs."""
-    check_lam_ratio(lam_ratio)
-    if design not in perturb.DESIGNS:
-        raise InputError(f"unknown mask design {design!r}; choose one of {', '.join(perturb.DESIGNS)}")
-    perturb.check_chunk_size(chunk_size)
-    perturb.check_perturbation_args(2 if num_masks == "auto" else num_masks, keep_prob, 1, score)
 
 
 def batch_arrays(batch) -> tuple[Any, Any]:
@@ -245,13 +252,6 @@ def batch_arrays(batch) -> tuple[Any, Any]:
         x, labels = batch
         return x, labels
     return batch, None
-
-
-def check_lam_ratio(lam_ratio: float) -> None:
-    if isinstance(lam_ratio, bool) or not isinstance(lam_ratio, (int, float, np.integer, np.floating)):
-        raise InputError(f"lam_ratio must be a number in [0, 1), got {lam_ratio!r}")
-    if not (0.0 <= float(lam_ratio) < 1.0) or not np.isfinite(lam_ratio):
-        raise InputError(f"lam_ratio must lie in [0, 1) (a fraction of λ_max; ≥ 1 zeroes every weight), got {lam_ratio!r}")
 
 
 def fuse_maps(maps: Sequence[jax.Array], fusion: str = "geometric") -> jax.Array:
@@ -293,10 +293,11 @@ class CHIP:
 
     # --- fitting --------------------------------------------------------------------------
     @classmethod
-    def fit(cls, model, layer: str | None, images: Iterable, *, num_masks: int = DEFAULTS["num_masks"],
-            keep_prob: float = DEFAULTS["keep_prob"], lam_ratio: float = DEFAULTS["lam_ratio"],
-            score: str = DEFAULTS["score"], nonneg: bool = DEFAULTS["nonneg"], seed: int = 0,
-            chunk_size: int = 256, progress: bool = False, classes: str = "seen", compute_dtype=None) -> "CHIP":
+    def fit(cls, model, layer: str | None, images: Iterable, *, num_masks: int = FitOptions.num_masks,
+            keep_prob: float = FitOptions.keep_prob, lam_ratio: float = FitOptions.lam_ratio,
+            score: str = FitOptions.score, nonneg: bool = FitOptions.nonneg, seed: int = FitOptions.seed,
+            chunk_size: int = FitOptions.chunk_size, progress: bool = False, classes: str = FitOptions.classes,
+            compute_dtype=None) -> "CHIP":
         """Fit class-level CHIP over a data set, streaming statistics.
 
         Args:
@@ -312,10 +313,11 @@ class CHIP:
             the pooled statistics (see :class:`ClassStatsAccumulator`).
           compute_dtype: the tail's dtype (e.g. ``"bfloat16"``); statistics stay float32.
         """
+        FitOptions(num_masks=num_masks, keep_prob=keep_prob, lam_ratio=lam_ratio, score=score, nonneg=nonneg,
+                   seed=seed, chunk_size=chunk_size, classes=classes).check()
         tap = model.tap(layer)
         fitter = ClassStatsAccumulator(tap, num_masks=num_masks, keep_prob=keep_prob, score=score, seed=seed,
                                        chunk_size=chunk_size, classes=classes, compute_dtype=compute_dtype)
-        check_lam_ratio(lam_ratio)
         from .progress import rate_bar
 
         with rate_bar(f"CHIP fit @ {tap.layer}", evals_per_image=num_masks, enable=progress) as bar:

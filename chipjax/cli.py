@@ -13,10 +13,14 @@ import time
 from typing import Sequence
 
 from .errors import ChipjaxError, InputError
+from .options import ChipOptions, FitOptions, add_flags, checked_values, flag_of, option_names
 
 log = logging.getLogger("chipjax")
 
 DEMO_PHOTO = "skimage:coffee"
+#: The options of ``chipjax explain`` and ``chipjax fit`` that are flags, generated from chipjax.options.
+EXPLAIN_FLAGS = ("num_masks", "keep_prob", "lam_ratio", "seed", "memory_budget")
+FIT_FLAGS = ("num_masks", "keep_prob", "lam_ratio", "batch_size", "seed", "checkpoint_every", "num_workers", "classes")
 
 
 class UsageError(Exception):
@@ -51,13 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="chip", help="chip | refined-chip | cam | gradcam | gradcam++ | scorecam | ablationcam | rise")
     p.add_argument("--layer", default=None, help="tap name (see `chipjax layers`); several, comma-separated, for refined-chip")
     p.add_argument("--class", dest="target", default=None, help="class index or name (default: top-1)")
-    p.add_argument("--masks", type=mask_count, default=None,
-                   help="number of perturbed networks (CHIP, RISE), or auto (CHIP: as many as a stable map needs)")
-    p.add_argument("--keep-prob", type=float, default=None, help="channel keep probability (CHIP)")
-    p.add_argument("--lam-ratio", type=float, default=None, help="lasso λ as a fraction of λ_max (CHIP)")
-    p.add_argument("--seed", type=int, default=0, help="mask seed")
-    p.add_argument("--memory-budget", default=None,
-                   help="memory the perturbation sweep may use, e.g. 512M or 2G (CHIP); picks the chunk size")
+    add_flags(p, ChipOptions, EXPLAIN_FLAGS, note="; CHIP (--masks and --seed also RISE)")
     p.add_argument("--chip-model", default=None, help="folder of a class-level CHIP model from `chipjax fit`")
     p.add_argument("--out", default=None, help="output PNG (default: chipjax_<image>.png)")
     _model_args(p)
@@ -95,21 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=None,
                    help="use N images spread evenly over the data, so every class keeps its share (composites: how many)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the bundled composites (default 0)")
-    p.add_argument("--workers", type=int, default=2, help="decode + resize threads (default 2; 0: main thread)")
-    p.add_argument("--classes", default="seen", choices=("seen", "all"),
-                   help="solve only the classes that have images (seen, default) or all of them")
     p.add_argument("--dtype", default=None, help="tail compute dtype, e.g. bfloat16 (default float32)")
     p.add_argument("--out", required=True, help="output folder for the CHIP model")
     p.add_argument("--layer", default=None, help="tap name (default: the model's last conv stage)")
-    p.add_argument("--masks", type=int, default=2048, help="perturbed networks (default 2048)")
-    p.add_argument("--keep-prob", type=float, default=0.5)
-    p.add_argument("--lam-ratio", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    add_flags(p, FitOptions, FIT_FLAGS, defaults=True)
     p.add_argument("--checkpoint", default=None,
                    help="progress folder (default: one under ~/.cache/chipjax/fit named by the data and settings, "
                         "not by --out); rerun to resume")
-    p.add_argument("--checkpoint-every", type=int, default=10, help="batches between progress checkpoints")
     _model_args(p)
     _common(p)
 
@@ -132,19 +122,11 @@ def _cached_model(name: str, weights):
 
 
 def check_explain_args(args) -> None:
-    """Refuse bad options before any model is loaded (types, ranges and finiteness from :mod:`chipjax.options`)."""
+    """Refuse a bad method before any model is loaded (the options: :func:`method_options`)."""
     from .methods import METHODS
-    from .options import check_option
 
     if args.method not in METHODS:
         raise InputError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)}")
-    for name in ("keep_prob", "lam_ratio", "seed", "memory_budget"):
-        if getattr(args, name) is not None:
-            check_option(name, getattr(args, name))
-    if args.masks == "auto" and args.method not in ("chip", "refined-chip"):
-        raise InputError(f"--masks auto applies to CHIP only, not --method {args.method}; give a number")
-    if args.masks is not None:
-        check_option("rise_masks" if args.method == "rise" else "num_masks", args.masks)
 
 
 def _demo_image():
@@ -154,32 +136,14 @@ def _demo_image():
 
 
 def method_options(args) -> dict:
-    """The explain options a method takes, from the command line (unset ones keep the library defaults)."""
-    given = dict(num_masks=args.masks, keep_prob=args.keep_prob, lam_ratio=args.lam_ratio, seed=args.seed,
-                 memory_budget=parse_bytes(args.memory_budget))
-    accepted = {"chip": given, "refined-chip": given, "rise": ("num_masks", "seed")}.get(args.method, ())
-    for name, value in given.items():
-        if value is not None and name not in accepted and name != "seed":
-            raise InputError(f"--{name.replace('_', '-').replace('num-masks', 'masks')} does not apply to --method {args.method}")
-    return {k: v for k, v in given.items() if k in accepted and v is not None}
-
-
-def mask_count(text: str):
-    """``--masks``: a whole number, or ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--masks takes a whole number or auto, got {text!r}") from None
-
-
-def parse_bytes(text: str | None) -> int | None:
-    """``"512M"``, ``"2G"``, ``"1.5GiB"`` or a plain byte count -> bytes; ``None`` stays ``None``
-    (:func:`chipjax.options.parse_bytes`: finite and positive, or a one-line error naming ``--memory-budget``)."""
-    from .options import parse_bytes as parse
-
-    return parse(text)
+    """The explain options a method takes, from the command line, checked and typed (unset ones keep the
+    library defaults); a flag the method does not take is refused, except ``--seed`` (every method accepts it)."""
+    given = {name: getattr(args, name) for name in EXPLAIN_FLAGS if getattr(args, name) is not None}
+    takes = option_names(args.method)
+    for name in given:
+        if name not in takes and name != "seed":
+            raise InputError(f"{flag_of(name)} does not apply to --method {args.method}")
+    return checked_values(args.method, {k: v for k, v in given.items() if k in takes}, from_text=True)
 
 
 def _check_out_path(path: str) -> str:
@@ -332,17 +296,14 @@ def cmd_eval(args) -> int:
 def cmd_fit(args) -> int:
     from .fit import check_fit_options, check_fit_out, fit_data_source, fit_source
 
-    check_fit_options(num_masks=args.masks, keep_prob=args.keep_prob, lam_ratio=args.lam_ratio,
-                      batch_size=args.batch_size, seed=args.seed, checkpoint_every=args.checkpoint_every)
+    opts = check_fit_options(from_text=True, **{name: getattr(args, name) for name in FIT_FLAGS})
     check_fit_out(args.out)
     # a missing or malformed data folder, before the model loads
     source, data_id = fit_data_source(args.data, labels_file=args.labels, boxes=args.boxes, split=args.split,
                                       num_images=args.num_images, seed=args.data_seed)
     model = _load_model(args)
-    cm = fit_source(model, source, data_id=data_id, layer=args.layer, num_masks=args.masks, keep_prob=args.keep_prob,
-                    lam_ratio=args.lam_ratio, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
-                    checkpoint_dir=args.checkpoint or "auto", checkpoint_every=args.checkpoint_every,
-                    num_workers=args.workers, classes=args.classes, compute_dtype=args.dtype, out=args.out)
+    cm = fit_source(model, source, data_id=data_id, layer=args.layer, progress=not args.quiet,
+                    checkpoint_dir=args.checkpoint or "auto", compute_dtype=args.dtype, out=args.out, **opts)
     loader = cm.fit_report["loader"]
     if loader.skipped:
         print(f"chipjax: {loader.summary()}", file=sys.stderr)

@@ -48,6 +48,7 @@ import numpy as np
 
 from . import stats as st
 from .errors import InputError
+from .options import FitOptions
 
 T = TypeVar("T")
 
@@ -181,8 +182,9 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict:
     return out
 
 
-def class_statistics(tap, batches: Iterable, *, num_masks: int = 2048, keep_prob: float = 0.5, score: str = "prob",
-                     seed: int = 0, chunk_size: int = 256):
+def class_statistics(tap, batches: Iterable, *, num_masks: int = FitOptions.num_masks,
+                     keep_prob: float = FitOptions.keep_prob, score: str = FitOptions.score, seed: int = FitOptions.seed,
+                     chunk_size: int = FitOptions.chunk_size):
     """Stream this process's ``batches`` into class-level CHIP statistics, then merge across processes.
 
     Args:
@@ -203,16 +205,16 @@ def class_statistics(tap, batches: Iterable, *, num_masks: int = 2048, keep_prob
     return merge_class_statistics(accumulator)
 
 
-def fit_chip(model, layer: str | None, batches: Iterable, *, num_masks: int = 2048, keep_prob: float = 0.5,
-             lam_ratio: float = 0.05, score: str = "prob", nonneg: bool = False, seed: int = 0,
-             chunk_size: int = 256):
+def fit_chip(model, layer: str | None, batches: Iterable, *, num_masks: int = FitOptions.num_masks,
+             keep_prob: float = FitOptions.keep_prob, lam_ratio: float = FitOptions.lam_ratio,
+             score: str = FitOptions.score, nonneg: bool = FitOptions.nonneg, seed: int = FitOptions.seed,
+             chunk_size: int = FitOptions.chunk_size):
     """Class-level CHIP over a data set spread across processes; every process returns the same model.
 
     Like :meth:`chipjax.chip.CHIP.fit` (same options), with ``batches`` this process's share.
     """
-    from .chip import check_lam_ratio
-
-    check_lam_ratio(lam_ratio)
+    FitOptions(num_masks=num_masks, keep_prob=keep_prob, lam_ratio=lam_ratio, score=score, nonneg=nonneg, seed=seed,
+               chunk_size=chunk_size).check()
     tap = model.tap(layer)
     accumulator = class_statistics(tap, batches, num_masks=num_masks, keep_prob=keep_prob, score=score, seed=seed,
                                    chunk_size=chunk_size)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import ChipjaxError, InputError
+from .options import FitOptions
 
 log = logging.getLogger("chipjax")
 
@@ -75,16 +76,11 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def check_fit_options(*, num_masks, keep_prob, lam_ratio, batch_size, seed, checkpoint_every, score="prob",
-                      chunk_size=256) -> dict:
-    """The fit's options checked and typed (:func:`chipjax.options.check_option`), before any work."""
-    from .options import check_options
-
-    if isinstance(num_masks, str) and num_masks.strip().lower() == "auto":
-        raise InputError("num_masks (--masks) auto applies to image-level CHIP (explain) only; a class-level fit "
-                         "needs a number of masks, e.g. 2048")
-    return check_options(dict(num_masks=num_masks, keep_prob=keep_prob, lam_ratio=lam_ratio, batch_size=batch_size,
-                              seed=seed, checkpoint_every=checkpoint_every, score=score, chunk_size=chunk_size))
+def check_fit_options(from_text: bool = False, **values) -> dict:
+    """The fit's options (fields of :class:`chipjax.options.FitOptions`) checked and typed, before any work
+    (``from_text``: command-line text)."""
+    checked = FitOptions(**values).check(from_text)
+    return {k: getattr(checked, k) for k in values}
 
 
 def check_fit_out(out: str) -> str:
@@ -147,11 +143,13 @@ def fit_folder(model, root: str, **options):
     return fit_source(model, folder_source(root), data_id=os.path.abspath(root), **options)
 
 
-def fit_source(model, source, *, data_id: str | None = None, layer: str | None = None, batch_size: int = 8,
-               progress: bool = True, checkpoint_dir: str | None = None, checkpoint_every: int = 10,
-               num_masks: int = 2048, keep_prob: float = 0.5, lam_ratio: float = 0.05, score: str = "prob",
-               nonneg: bool = False, seed: int = 0, chunk_size: int = 256, num_workers: int = 2,
-               classes: str = "seen", compute_dtype=None, order_seed: int | None = None, report=None,
+def fit_source(model, source, *, data_id: str | None = None, layer: str | None = None,
+               batch_size: int = FitOptions.batch_size, progress: bool = True, checkpoint_dir: str | None = None,
+               checkpoint_every: int = FitOptions.checkpoint_every, num_masks: int = FitOptions.num_masks,
+               keep_prob: float = FitOptions.keep_prob, lam_ratio: float = FitOptions.lam_ratio,
+               score: str = FitOptions.score, nonneg: bool = FitOptions.nonneg, seed: int = FitOptions.seed,
+               chunk_size: int = FitOptions.chunk_size, num_workers: int = FitOptions.num_workers,
+               classes: str = FitOptions.classes, compute_dtype=None, order_seed: int | None = None, report=None,
                out: str | None = None):
     """Fit class-level CHIP over the labelled samples of ``source``, fed by :func:`chipjax.pipeline.batches`.
 
@@ -185,7 +183,8 @@ def fit_source(model, source, *, data_id: str | None = None, layer: str | None =
     from .progress import rate_bar
 
     opts = check_fit_options(num_masks=num_masks, keep_prob=keep_prob, lam_ratio=lam_ratio, batch_size=batch_size,
-                             seed=seed, checkpoint_every=checkpoint_every, score=score, chunk_size=chunk_size)
+                             seed=seed, checkpoint_every=checkpoint_every, score=score, chunk_size=chunk_size,
+                             nonneg=nonneg, num_workers=num_workers, classes=classes)
     num_masks, keep_prob, lam_ratio, batch_size, seed, checkpoint_every = (
         opts[k] for k in ("num_masks", "keep_prob", "lam_ratio", "batch_size", "seed", "checkpoint_every"))
     if out is not None:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import InputError
+from .options import RefinedChipOptions, for_method, option_names
 from .tap import Tap
 
 METHODS = ("chip", "refined-chip", "cam", "gradcam", "gradcam++", "scorecam", "ablationcam", "rise")
@@ -95,10 +96,12 @@ def explain(model, x: jax.Array, method: str = "chip", layer: str | Sequence[str
       layer: tap name (default: the model's last conv stage); for ``refined-chip`` a list
         of tap names (default: the model's last three stages).
       target: ``None`` (top-1 per image), a class index or name, or one per image.
-      options: method options, e.g. ``num_masks``, ``keep_prob``, ``lam_ratio``, ``seed``,
-        ``chunk_size``, ``score``, ``nonneg`` for CHIP; ``chip_model`` (a fitted
-        :class:`~chipjax.chip.CHIP`) explains with class-level weights. :func:`method_options`
-        lists a method's options; an unknown one raises :class:`InputError` before anything runs.
+      options: method options, the fields of the method's options object in
+        :data:`chipjax.options.METHOD_OPTIONS` (defaults, ranges and docs there), e.g. ``num_masks``,
+        ``keep_prob``, ``lam_ratio``, ``seed``, ``chunk_size``, ``score``, ``nonneg`` for CHIP;
+        ``chip_model`` (a fitted :class:`~chipjax.chip.CHIP`) explains with class-level weights.
+        :func:`method_options` lists a method's options; they are checked once, before anything
+        runs, and an unknown or out-of-range one raises :class:`InputError`.
     Returns:
       ``(B, S, S)`` float32 maps in [0, 1].
 
@@ -128,11 +131,14 @@ def explain_details(model, x: jax.Array, method: str = "chip", layer: str | Sequ
     x = check_images(x)
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    check_options(method, options)
+    chip_model = options.pop("chip_model", None) if method == "chip" else None
+    if chip_model is not None and options:
+        raise InputError(f"option {', '.join(sorted(options))} cannot be used with a fitted chip_model (its weights "
+                         f"are fixed); drop it, or drop chip_model to fit image-level CHIP")
+    checked = for_method(method, **options)  # the one check of this call's options
     labels = getattr(model, "labels", None)
     if method == "refined-chip":
-        return _refined(model, x, layer, target, labels, **options)
-    chip_model = options.pop("chip_model", None)
+        return _refined(model, x, layer, target, labels, checked)
     if chip_model is not None:
         layer = _check_chip_model(chip_model, model, layer)
     tap = _tap_of(model, layer)
@@ -141,39 +147,14 @@ def explain_details(model, x: jax.Array, method: str = "chip", layer: str | Sequ
     targets = resolve_targets(target, logits, labels)
     if chip_model is not None:
         return Explanation(chip_model.explain_features(features, targets, x.shape[1:3]), logits, targets)
-    return Explanation(method_fn(method)(tap, x, targets, features=features, **options), logits, targets)
+    return Explanation(_maps_with(method)(tap, x, targets, checked, features), logits, targets)
 
 
 def method_options(method: str) -> tuple[str, ...]:
     """Names of the options ``method`` takes (keyword arguments of :func:`explain`)."""
-    import inspect
-
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    fn = method_fn("chip" if method == "refined-chip" else method)
-    names = [n for n, p in inspect.signature(fn).parameters.items()
-             if p.kind is inspect.Parameter.KEYWORD_ONLY and n != "features"]
-    extra = {"chip": ["chip_model"], "refined-chip": ["fusion"]}.get(method, [])
-    return tuple(names + extra)
-
-
-def check_options(method: str, options: dict) -> None:
-    """Refuse, before anything runs, an option ``method`` does not take or a CHIP option out of range."""
-    accepted = method_options(method)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        takes = f"its options are: {', '.join(accepted)}" if accepted else "it takes no options"
-        raise InputError(f"method {method!r} takes no option {', '.join(unknown)}; {takes}")
-    if options.get("chip_model") is not None:
-        fixed = sorted(set(options) - {"chip_model"})
-        if fixed:
-            raise InputError(f"option {', '.join(fixed)} cannot be used with a fitted chip_model (its weights are "
-                             f"fixed); drop it, or drop chip_model to fit image-level CHIP")
-    elif method in ("chip", "refined-chip"):
-        from . import chip
-
-        chip.check_options(**{k: v for k, v in options.items()
-                              if k in ("num_masks", "keep_prob", "lam_ratio", "score", "design", "chunk_size")})
+    return option_names(method) + (("chip_model",) if method == "chip" else ())
 
 
 def _check_chip_model(chip_model, model, layer) -> str:
@@ -188,14 +169,17 @@ def _check_chip_model(chip_model, model, layer) -> str:
 
 
 def method_fn(method: str):
-    """The map function ``(tap, x, targets, *, features, **options) -> (B, S, S)`` of ``method``."""
-    from . import chip
+    """The public map function ``(tap, x, targets, *, features=None, **options) -> (B, S, S)`` of ``method``."""
+    from . import cams, chip
 
-    if method == "chip":
-        return chip.chip_maps
-    from . import cams
+    return chip.chip_maps if method == "chip" else cams.MAP_FUNCTIONS[method]
 
-    return cams.METHODS[method]
+
+def _maps_with(method: str):
+    """The map function ``(tap, x, targets, checked_options, features) -> (B, S, S)`` of ``method``."""
+    from . import cams, chip
+
+    return chip.chip_maps_with if method == "chip" else cams.MAPS_WITH_OPTIONS[method]
 
 
 def _tap_of(model, layer) -> Tap:
@@ -208,7 +192,7 @@ def _tap_of(model, layer) -> Tap:
     return model.tap(layer)
 
 
-def _refined(model, x, layers, target, labels, fusion: str = "geometric", **options):
+def _refined(model, x, layers, target, labels, options: RefinedChipOptions):
     from . import chip
 
     if isinstance(model, Tap):
@@ -226,5 +210,5 @@ def _refined(model, x, layers, target, labels, fusion: str = "geometric", **opti
     deepest = taps[-1].head(x)
     logits = taps[-1].tail(deepest)
     targets = resolve_targets(target, logits, labels)
-    maps = [chip.chip_maps(t, x, targets, features=deepest if t is taps[-1] else None, **options) for t in taps]
-    return Explanation(chip.fuse_maps(maps, fusion), logits, targets)
+    maps = [chip.chip_maps_with(t, x, targets, options, deepest if t is taps[-1] else None) for t in taps]
+    return Explanation(chip.fuse_maps(maps, options.fusion), logits, targets)

@@ -61,7 +61,7 @@ def pearson(a, b):
 FAST_OPTIONS = {"rise": dict(num_masks=48, chunk_size=32), "scorecam": dict(chunk_size=16)}
 
 
-@pytest.mark.parametrize("method", sorted(cams.METHODS))
+@pytest.mark.parametrize("method", sorted(cams.MAP_FUNCTIONS))
 def test_every_method_gives_finite_maps_in_unit_range(tiny, method):
     _, _, x, taps = tiny
     maps = np.asarray(cj.explain(taps["act3"], x, method=method, target=None, **FAST_OPTIONS.get(method, {})))
@@ -75,7 +75,7 @@ def test_constant_features_give_zero_maps_not_nan(tiny):
     _, _, x, taps = tiny
     A = jnp.ones((2, 8, 8, 16))
     for method in ("cam", "gradcam", "gradcam++", "ablationcam"):
-        maps = np.asarray(cams.METHODS[method](taps["act3"], x, jnp.array([3, 7]), features=A))
+        maps = np.asarray(cams.MAP_FUNCTIONS[method](taps["act3"], x, jnp.array([3, 7]), features=A))
         assert np.isfinite(maps).all() and np.all(maps == 0.0), method
 
 
@@ -85,7 +85,7 @@ def test_constant_features_give_zero_maps_not_nan(tiny):
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "ablationcam"])
 def test_batch_with_own_targets_equals_one_by_one(tiny, method):
     _, _, x, taps = tiny
-    tap, fn = taps["act2"], cams.METHODS[method]
+    tap, fn = taps["act2"], cams.MAP_FUNCTIONS[method]
     both = np.asarray(fn(tap, x, jnp.array([3, 7])))
     first = np.asarray(fn(tap, x[:1], jnp.array([3])))
     second = np.asarray(fn(tap, x[1:], jnp.array([7])))
@@ -184,7 +184,7 @@ def test_scorecam_weights_match_a_channel_by_channel_loop(tiny):
 @pytest.mark.parametrize("method", ["scorecam", "ablationcam", "rise"])
 def test_chunk_size_does_not_change_the_map(tiny, method):
     _, _, x, taps = tiny
-    fn, kw = cams.METHODS[method], dict(num_masks=40) if method == "rise" else {}
+    fn, kw = cams.MAP_FUNCTIONS[method], dict(num_masks=40) if method == "rise" else {}
     a = np.asarray(fn(taps["act3"], x, jnp.array([3, 7]), chunk_size=6, **kw))
     b = np.asarray(fn(taps["act3"], x, jnp.array([3, 7]), chunk_size=64, **kw))
     np.testing.assert_allclose(a, b, atol=2e-5)
