@@ -33,7 +33,8 @@ _LAZY = {
     "data": ("chipjax.data", None),
     "viz": ("chipjax.viz", None),
     "evalsets": ("chipjax.evalsets", None),
-    "evaluate": ("chipjax.evaluate", None),
+    "eval": ("chipjax.eval", None),
+    "evaluate": ("chipjax.eval", "evaluate"),
     "fit_folder": ("chipjax.fit", "fit_folder"),
 }
 
