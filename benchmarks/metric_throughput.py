@@ -46,7 +46,8 @@ def main(argv=None) -> int:
 
     from chipjax import evalsets
     from chipjax import metrics as M
-    from chipjax.evaluate import boxes_in_view, softmax_scorer
+    from chipjax.eval import softmax_scorer
+    from chipjax.models.preprocess import boxes_in_view
     from chipjax.models import load_model
     from chipjax.models import preprocess as pp
     from chipjax.models.base import Model

@@ -10,8 +10,9 @@ importable as ``chipjax.<module>`` for the lower-level functions (docs/DESIGN.md
 """
 from __future__ import annotations
 
-from . import cams, chip, data, errors, evalsets, evaluate, methods, metrics, perturb, solvers, stats, tap, viz
+from . import cams, chip, data, errors, eval, evalsets, methods, metrics, perturb, solvers, stats, tap, viz
 from .chip import CHIP
+from .eval import evaluate
 from .fit import fit_folder
 from .methods import explain
 from .models import load_model, model_names
@@ -21,7 +22,7 @@ from .tap import ModuleTap, Tap, module_layers, tap_module
 __version__ = "0.1.0"
 
 __all__ = [
-    "CHIP", "Model", "ModuleTap", "Tap", "__version__", "cams", "chip", "data", "errors", "evalsets", "evaluate",
+    "CHIP", "Model", "ModuleTap", "Tap", "__version__", "cams", "chip", "data", "errors", "eval", "evalsets", "evaluate",
     "explain", "fit_folder", "load_model", "methods", "metrics", "model_names", "module_layers", "perturb",
     "solvers", "stats", "tap", "tap_module", "viz",
 ]

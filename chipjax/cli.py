@@ -1,6 +1,9 @@
-"""The ``chipjax`` command: ``explain | predict | layers | convert | fit``.
+"""The ``chipjax`` command: ``explain | predict | layers | convert | fit | eval``.
 
 Every failure the user can fix ends with one line on stderr and exit code 2.
+
+Over 500 lines on purpose: every sub-command's flags and entry point, so the whole command line reads in one
+place; ``eval`` is one block at the end (its parser, its option parsing and :func:`cmd_eval`).
 """
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ import logging
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .errors import ChipjaxError, InputError
-from .options import ChipOptions, FitOptions, add_flags, checked_values, flag_of, option_names
+from .options import ChipOptions, FitOptions, add_flags, checked_values, flag_of, option_names, split_items
 
 log = logging.getLogger("chipjax")
 
@@ -102,8 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "not by --out); rerun to resume")
     _model_args(p)
     _common(p)
-
-    from .evaluate import add_eval_parser
 
     add_eval_parser(sub)
     return parser
@@ -287,12 +288,6 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from .evaluate import cmd_eval as run_eval
-
-    return run_eval(args)
-
-
 def cmd_fit(args) -> int:
     from .fit import check_fit_options, check_fit_out, fit_data_source, fit_source
 
@@ -310,6 +305,182 @@ def cmd_fit(args) -> int:
     if not args.quiet:
         print(f"fitted CHIP on {cm.num_images} images at {cm.layer} ({cm.fit_report['images_per_s']:.2f} images/s, "
               f"{cm.fit_report['evals_per_s']:,.0f} perturbed evaluations/s); saved to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- eval
+# The ``eval`` sub-command (chipjax.eval): its parser, its options and the command, in one block.
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``eval`` sub-command to an argparse ``subparsers`` object; returns its parser."""
+    from .eval.spec import ALL_METHODS, DEFAULT_METRICS, METRICS, Settings
+
+    p = subparsers.add_parser(
+        "eval", help="evaluate methods × layers × metrics over a data set (table, CSV, plots; resumable)",
+        description="Explain every image of a data set for its ground-truth class with each method at each layer, "
+                    "score the maps (pointing game, CAM box accuracy, MaxBoxAcc, top-1 localisation error, "
+                    "deletion/insertion AUC, sanity check) and write results.md, results.csv and plots to --out. "
+                    "A killed run continues where it stopped when the same command is run again.")
+    p.add_argument("--data", default="photos",
+                   help="photos | composites | two-object | FOLDER | tfds:NAME_OR_DIR | ilsvrc:IMAGES_DIR (default photos)")
+    p.add_argument("--num-images", type=int, default=None,
+                   help="use the first N images (composites: how many to make; default 200)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the composites (default 0)")
+    p.add_argument("--boxes", default=None, help="ILSVRC boxes: XML folder or LOC_val_solution.csv")
+    p.add_argument("--split", default="validation", help="tfds split (default validation)")
+    p.add_argument("--methods", default=ALL_METHODS,
+                   help="comma-separated methods, each optionally @LAYER (refined-chip@A+B+C); default: all. "
+                        "chip-class@LAYER: class-level CHIP fitted on --fit-data (one forward pass per image)")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated taps crossed with the methods given without @ (default: the model's default)")
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                   help=f"comma-separated from {', '.join(METRICS)}, or 'all' (default: all but sanity)")
+    p.add_argument("--fit-data", default=None,
+                   help="chip-class@LAYER: the data its class-level model is fitted on, disjoint from --data "
+                        "(FOLDER | ilsvrc:DIR | tfds:NAME | composites, with --fit-data-seed)")
+    p.add_argument("--fit-data-seed", type=int, default=1, help="seed of --fit-data composites (default 1)")
+    p.add_argument("--fit-num-images", type=int, default=None,
+                   help="fit on N images spread evenly over --fit-data (composites: how many to make)")
+    p.add_argument("--fit-split", default="train", help="tfds split of --fit-data (default train)")
+    p.add_argument("--fit-labels", default=None, help="labels file for a --fit-data FOLDER")
+    p.add_argument("--fit-boxes", default=None, help="ILSVRC boxes of an ilsvrc: --fit-data")
+    p.add_argument("--masks", type=int, default=None, help="number of masks for chip, refined-chip and rise")
+    p.add_argument("--keep-prob", type=float, default=None, help="CHIP channel keep probability")
+    p.add_argument("--lam-ratio", type=float, default=None, help="CHIP λ as a fraction of λ_max")
+    p.add_argument("--score", default=None, help="CHIP score: prob | logit | logprob")
+    p.add_argument("--seed", type=int, default=None, help="mask seed of chip, refined-chip and rise")
+    p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="any method option, e.g. scorecam.chunk_size=32 (repeatable; VALUE read as JSON)")
+    p.add_argument("--batch-size", type=int, default=Settings.batch_size, help="images explained together")
+    p.add_argument("--steps", type=int, default=Settings.deletion_steps, help="deletion/insertion curve points")
+    p.add_argument("--baseline", default=Settings.baseline,
+                   help="baseline of the chipjax deletion/insertion protocol: blur | constant")
+    p.add_argument("--deletion-protocol", default=Settings.deletion_protocol,
+                   help="deletion/insertion: rise (RISE's reference: deletion to zero, insertion from a blur; default) "
+                        "| chipjax (the first variant: --baseline both ways)")
+    p.add_argument("--bootstrap", type=int, default=Settings.bootstrap,
+                   help="bootstrap resamples of the 95%% intervals in the table (default 1000; 0: none)")
+    p.add_argument("--threshold", type=float, default=Settings.box_threshold, help="CAM box threshold (default 0.2)")
+    p.add_argument("--tolerance", type=float, default=Settings.pointing_tolerance, help="pointing-game tolerance, px")
+    p.add_argument("--examples", type=int, default=Settings.num_examples, help="images in examples.png")
+    p.add_argument("--sanity-top", type=int, default=Settings.sanity_top,
+                   help="parameterised units re-initialised for the sanity metric (default 2: head and fc)")
+    p.add_argument("--tune", default=None, metavar="DATA",
+                   help="tune each run's box threshold on this separate split (same forms as --data; 'composites' "
+                        "uses --data-seed + 1) and report the box accuracy at it on --data")
+    p.add_argument("--sanity-depth", type=int, default=Settings.sanity_depth,
+                   help="units from the logits down that the sanity_layers metric randomises (default 0: all)")
+    p.add_argument("--checkpoint-every", type=int, default=16, help="records between checkpoints (default 16)")
+    p.add_argument("--restart", action="store_true", help="discard the results already in --out and start over")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable samples (listed in results.md and on stderr) instead of stopping at the first")
+    p.add_argument("--out", default="chipjax_eval", help="output folder (default chipjax_eval)")
+    p.add_argument("--model", default="efficientnet_lite0", help="zoo model name (default: efficientnet_lite0)")
+    p.add_argument("--weights", default="pretrained",
+                   help="'pretrained' (shipped weights), 'none' (random init) or a checkpoint path")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every finished unit")
+    return p
+
+
+def eval_options(args, runs: Sequence) -> dict[str, dict]:
+    """``{method: options}`` from the command line (``runs``: :class:`chipjax.eval.Run`): shared flags go to the
+    methods that take them."""
+    from .eval.spec import CLASS_CHIP
+
+    methods = {r.method for r in runs}
+    shared = {"num_masks": (args.masks, ("chip", "refined-chip", "rise", CLASS_CHIP)),
+              "keep_prob": (args.keep_prob, ("chip", "refined-chip", CLASS_CHIP)),
+              "lam_ratio": (args.lam_ratio, ("chip", "refined-chip", CLASS_CHIP)),
+              "score": (args.score, ("chip", "refined-chip", CLASS_CHIP)),
+              "seed": (args.seed, ("chip", "refined-chip", "rise", CLASS_CHIP))}
+    out: dict[str, dict] = {}
+    for name, (value, takers) in shared.items():
+        if value is None:
+            continue
+        if not methods & set(takers):
+            raise InputError(f"--{name.replace('num_masks', 'masks').replace('_', '-')} applies to "
+                             f"{', '.join(takers)}, none of which is evaluated")
+        for m in takers:
+            if m in methods:
+                out.setdefault(m, {})[name] = value
+    for method, opts in split_items(args.option).items():
+        out.setdefault(method, {}).update(opts)
+    return check_eval_options(out)
+
+
+def check_eval_options(options: Mapping[str, Mapping]) -> dict[str, dict]:
+    """Every ``{method: {option: value}}`` checked before any work against the method's options object
+    (:mod:`chipjax.options`; class-level CHIP takes CHIP's): a known method, an option it takes, a value of
+    the option's type and range. ``chip_model`` (a folder) is checked when it is loaded."""
+    from .eval.spec import CLASS_CHIP
+    from .methods import METHODS
+
+    known = (*METHODS, CLASS_CHIP)
+    out: dict[str, dict] = {}
+    for method, opts in options.items():
+        if method not in known:
+            raise InputError(f"options given for unknown method {method!r}; methods: {', '.join(known)}")
+        values = dict(opts)
+        folder = {"chip_model": values.pop("chip_model")} if method == "chip" and "chip_model" in values else {}
+        out[method] = {**checked_values("chip" if method == CLASS_CHIP else method, values), **folder}
+    return out
+
+
+def cmd_eval(args) -> int:
+    """The ``eval`` sub-command (see :func:`add_eval_parser`)."""
+    from .data import EvalSource, exact_label, load_source
+    from .eval import RECORDS_FILE, Settings, check_metrics, evaluate, make_out_dir, parse_runs, read_records, \
+        results_table
+    from .models import load_model
+    from .options import check_option
+
+    settings = Settings(box_threshold=args.threshold, pointing_tolerance=args.tolerance, deletion_steps=args.steps,
+                        baseline=args.baseline, deletion_protocol=args.deletion_protocol, bootstrap=args.bootstrap,
+                        batch_size=args.batch_size, num_examples=args.examples,
+                        sanity_top=args.sanity_top, sanity_depth=args.sanity_depth).check()
+    metrics = check_metrics(args.metrics)
+    for name in ("masks", "keep_prob", "lam_ratio", "score", "seed", "num_images", "data_seed", "checkpoint_every"):
+        if getattr(args, name) is not None:
+            check_option("num_masks" if name == "masks" else name, getattr(args, name))
+    check_eval_options(split_items(args.option))
+    make_out_dir(args.out, create=False)  # a file or an unwritable place, before the data and the model load
+    source = load_source(args.data, num_images=args.num_images, seed=args.data_seed, boxes=args.boxes,
+                         split=args.split)
+    weights = None if str(args.weights).lower() == "none" else args.weights
+    model = load_model(args.model, weights=weights)
+    runs = parse_runs(args.methods, args.layers, model)
+    options = eval_options(args, runs)
+    fit_data = None
+    if args.fit_data is not None:
+        from .fit import fit_data_source
+
+        samples, data_id = fit_data_source(args.fit_data, labels_file=args.fit_labels, boxes=args.fit_boxes,
+                                           split=args.fit_split, num_images=args.fit_num_images,
+                                           seed=args.fit_data_seed)
+        fit_data = EvalSource(samples, data_id, exact_label)
+    try:
+        result = evaluate(model, source, methods=[r.key for r in runs], metrics=metrics, options=options,
+                          out_dir=args.out, resume=not args.restart, progress=not args.quiet,
+                          checkpoint_every=args.checkpoint_every, settings=settings, fit_data=fit_data,
+                          tune_source=None if args.tune is None else
+                          load_source(args.tune, num_images=args.num_images, seed=args.data_seed + 1,
+                                      boxes=args.boxes, split=args.split),
+                          skip_bad=getattr(args, "skip_bad", False))
+    except KeyboardInterrupt:
+        done = len(read_records(os.path.join(args.out, RECORDS_FILE)))
+        print(f"chipjax: interrupted; {done} results are saved in {args.out}; run the same command to continue",
+              file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(results_table(result["summary"], metrics, settings), end="")
+        print(f"wrote {os.path.join(args.out, 'results.md')} ({result['computed']} results computed now)")
+    for kind in ("skipped", "dropped"):
+        names = result.get(kind) or {}
+        if names:
+            listed = "; ".join(f"{n}: {why}" for n, why in list(names.items())[:10])
+            print(f"chipjax: note: {len(names)} sample(s) {kind}{' from the box metrics' if kind == 'dropped' else ''}"
+                  f" ({listed}{'; ...' if len(names) > 10 else ''}); all are listed in "
+                  f"{os.path.join(args.out, 'results.md')}", file=sys.stderr)
     return 0
 
 

@@ -14,20 +14,32 @@ resized/cropped the image.
 Class labels are ImageNet-1k indices ``0..999`` (the sorted order of the 1000 ILSVRC-2012 synsets,
 ``n01440764`` … ``n15075141``, shipped as ``chipjax/assets/imagenet_synsets.txt``), except in
 :func:`tfds_source`, which gives the data set's own label.
+
+The registry: :func:`load_source` turns a name (a bundled set of :mod:`chipjax.evalsets`, ``tfds:…``,
+``ilsvrc:…``, a folder) into an :class:`EvalSource` (samples and which predictions count as right), as
+``chipjax eval`` and ``chipjax fit`` take them.
+
+Over 500 lines on purpose: it is the whole data-source layer (folders, labels files, ILSVRC XML and CSV
+boxes, tensorflow-datasets and the registry over them); the readers share :class:`Source`, the label and
+box helpers, and each is a few dozen lines that a split would scatter over files.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
 from functools import lru_cache
 from importlib import resources
-from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from . import evalsets
 from .errors import ChipjaxError, InputError
+from .samples import Sample
 
 __all__ = [
     "Sample",
@@ -42,28 +54,15 @@ __all__ = [
     "ilsvrc_csv_boxes",
     "ilsvrc_source",
     "tfds_source",
+    "BUNDLED_SETS",
+    "EvalSource",
+    "load_source",
+    "exact_label",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _SYNSET = re.compile(r"^n\d{8}$")
 BoxTable = Mapping[str, "tuple[str, np.ndarray]"]
-
-
-class Sample(NamedTuple):
-    """One image with what is known about it.
-
-    Attributes:
-      image: uint8 ``(H, W, 3)`` RGB.
-      label: ImageNet class index (or the data set's label), ``None`` when unknown.
-      boxes: float32 ``(G, 4)`` object boxes ``(x0, y0, x1, y1)`` in this image's pixels, ``x1``/``y1``
-        exclusive; ``(0, 4)`` when none are known.
-      name: where it came from, e.g. a path relative to the source's root or an ILSVRC image id.
-    """
-
-    image: np.ndarray
-    label: int | None
-    boxes: np.ndarray
-    name: str
 
 
 class Source(Sequence[Sample]):
@@ -600,3 +599,88 @@ def tfds_source(
         return Sample(image, None if label is None else int(label), boxes, f"{split}/{i}" if name is None else str(name))
 
     return Source(len(data), load, f"tfds {target} [{split}]")
+
+
+#: The sets that ship with chipjax (:mod:`chipjax.evalsets`), by the name :func:`load_source` takes.
+BUNDLED_SETS = ("photos", "composites", "two-object")
+
+
+# ------------------------------------------------------------------------- the registry of named sources
+@dataclasses.dataclass(frozen=True)
+class EvalSource:
+    """Samples to evaluate and which predictions count as right.
+
+    Attributes:
+      samples: a sequence of :class:`chipjax.data.Sample` (loaded on access).
+      description: what they are, e.g. ``"composites(n=60, seed=0)"``.
+      accept: label -> every class index that counts as a right prediction for it.
+      boxes_are_masks: the boxes are the objects' exact pixel regions (composites: the pasted rectangles),
+        so ``pxap`` can be measured.
+    """
+
+    samples: Sequence
+    description: str
+    accept: Callable[[int], tuple[int, ...]]
+    boxes_are_masks: bool = False
+
+
+def exact_label(label: int) -> tuple[int, ...]:
+    """The ``accept`` of a source whose label is the only right prediction: ``label -> (label,)``."""
+    return (int(label),)
+
+
+def _first(samples, n: int | None):
+    if n is None:
+        return samples
+    if int(n) < 1:
+        raise InputError(f"the number of images must be at least 1, got {n}")
+    return samples[: int(n)]
+
+
+def load_source(spec, num_images: int | None = None, seed: int = 0, boxes: str | None = None,
+                split: str = "validation") -> EvalSource:
+    """An :class:`EvalSource` from a name, a path or a sequence of samples.
+
+    ``spec``:
+      * ``"photos"``: :func:`chipjax.evalsets.photo_set` (real photos, hand boxes);
+      * ``"composites"``: :func:`chipjax.evalsets.composite_set` (``num_images`` of them, default 200,
+        from ``seed``);
+      * ``"two-object"``: :func:`chipjax.evalsets.two_object_composites` (each canvas gives two samples);
+      * ``"tfds:NAME_OR_DIR"``: a prepared tensorflow-datasets ``split``;
+      * ``"ilsvrc:IMAGES_DIR"``: ILSVRC images with ``boxes`` (the XML folder or ``LOC_val_solution.csv``);
+      * a folder: :func:`folder_source` (``boxes.json``, class sub-folders or plain images);
+      * a sequence of samples.
+
+    ``num_images`` keeps the first ones (composites are made so that a shorter set is a prefix).
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        samples = list(spec)
+        return EvalSource(_first(samples, num_images), f"{len(samples)} given samples", exact_label)
+    spec = os.fspath(spec)
+    if spec == "photos":
+        samples = evalsets.photo_set()
+        return EvalSource(_first(samples, num_images), "photos", evalsets.acceptable_labels)
+    if spec == "composites":
+        n = 200 if num_images is None else int(num_images)
+        return EvalSource(_first(evalsets.composite_set(n, seed=seed), n), f"composites(seed={seed})",
+                          evalsets.acceptable_labels, boxes_are_masks=True)
+    if spec == "two-object":
+        n = 100 if num_images is None else int(num_images)
+        canvases = max(1, math.ceil(n / 2))
+        return EvalSource(_first(evalsets.two_object_composites(canvases, seed=seed), n),
+                          f"two-object(seed={seed})", evalsets.acceptable_labels, boxes_are_masks=True)
+    if spec.startswith("tfds:"):
+        source = tfds_source(spec[5:], split=split)
+        return EvalSource(_first(source, num_images), f"tfds {spec[5:]} {split}", exact_label)
+    if spec.startswith("ilsvrc:"):
+        if not boxes:
+            raise InputError("an ILSVRC source needs its boxes: --boxes XML_FOLDER or LOC_val_solution.csv")
+        source = ilsvrc_source(spec[7:], boxes)
+        return EvalSource(_first(source, num_images), f"ilsvrc {spec[7:]}", exact_label)
+    if os.path.isdir(spec):
+        source = folder_source(spec)
+        return EvalSource(_first(source, num_images), f"folder {spec}", exact_label)
+    raise InputError(f"unknown data {spec!r}: use {', '.join(BUNDLED_SETS)}, tfds:NAME, ilsvrc:IMAGES_DIR "
+                     f"(with --boxes) or an image folder")
+
+

@@ -40,11 +40,12 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageError, InputError
+from .samples import Sample
 
 __all__ = [
     "photo_entries",
     "background_entries",
-    "load_source",
+    "bundled_photo",
     "photo_set",
     "acceptable_labels",
     "paste_objects",
@@ -93,25 +94,9 @@ class PasteObject(NamedTuple):
     rgb: np.ndarray
 
 
-class _FallbackSample(NamedTuple):
-    image: np.ndarray
-    label: int
-    boxes: np.ndarray
-    name: str
-
-
-def _sample_type():
-    """``chipjax.data.Sample`` (image uint8 (H, W, 3), label int, boxes float32 (G, 4), name str)."""
-    try:
-        from .data import Sample
-    except ImportError:  # chipjax.data not written yet: same fields
-        return _FallbackSample
-    return Sample
-
-
 def _make_sample(image: np.ndarray, label: int, boxes, name: str):
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    return _sample_type()(image=image, label=int(label), boxes=boxes, name=name)
+    return Sample(image=image, label=int(label), boxes=boxes, name=name)
 
 
 # --------------------------------------------------------------------------- photos and their boxes
@@ -202,7 +187,7 @@ def _read_source(source: str):
 
 
 @lru_cache(maxsize=None)
-def load_source(source: str) -> np.ndarray:
+def bundled_photo(source: str) -> np.ndarray:
     """A bundled photo as read-only uint8 ``(H, W, 3)`` (grey photos get three equal channels)."""
     from .models.preprocess import to_rgb_uint8
 
@@ -219,7 +204,7 @@ def photo_set() -> list:
     """
     samples = []
     for entry in photo_entries():
-        image = load_source(entry.source)
+        image = bundled_photo(entry.source)
         for box in entry.boxes:
             _check_inside(box, image.shape, f"photo_boxes.json entry {entry.name}")
         samples.append(_make_sample(image, entry.labels[0], entry.boxes, entry.name))
@@ -241,7 +226,7 @@ def paste_objects() -> tuple[PasteObject, ...]:
     for entry in photo_entries():
         if entry.paste:
             x0, y0, x1, y1 = entry.boxes[0]
-            crop = np.array(load_source(entry.source)[y0:y1, x0:x1])
+            crop = np.array(bundled_photo(entry.source)[y0:y1, x0:x1])
             crop.setflags(write=False)
             objects.append(PasteObject(entry.name, entry.labels[0], entry.labels, crop))
     return tuple(objects)
@@ -278,7 +263,7 @@ def draw_background(rng: np.random.Generator, size: int) -> np.ndarray:
         return _smooth_noise(rng, size)
     entry = entries[pick]
     x0, y0, x1, y1 = entry.box
-    region = load_source(entry.source)[y0:y1, x0:x1]
+    region = bundled_photo(entry.source)[y0:y1, x0:x1]
     side = int(min(region.shape[:2]) * rng.uniform(0.5, 1.0))
     top = int(rng.integers(region.shape[0] - side + 1))
     left = int(rng.integers(region.shape[1] - side + 1))

@@ -15,16 +15,15 @@ a save that fails at the end leaves the finished progress in place for a rerun.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
-import signal
 from typing import Iterable, Iterator
 
 import jax.numpy as jnp
 import numpy as np
 
+from . import jobs
 from .errors import ChipjaxError, InputError
 from .options import FitOptions
 
@@ -51,29 +50,6 @@ def preprocessed_batches(model, samples: Iterable, batch_size: int) -> Iterator[
             xs, ys = [], []
     if xs:
         yield jnp.stack(xs), np.asarray(ys)
-
-
-class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag checked between batches (restores the old handlers on exit)."""
-
-    def __init__(self):
-        self.signal = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._set)
-            except ValueError:  # not the main thread: no handlers
-                pass
-        return self
-
-    def _set(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def check_fit_options(from_text: bool = False, **values) -> dict:
@@ -116,8 +92,7 @@ def cache_dir() -> str:
 
 def default_checkpoint_dir(fingerprint: dict) -> str:
     """The progress folder of a fit, named by a hash of what is fitted (not of where it is saved)."""
-    key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    return os.path.join(cache_dir(), "fit", key)
+    return os.path.join(cache_dir(), "fit", jobs.fingerprint(fingerprint))
 
 
 def _prefix_digest(digests, order, n: int) -> str:
@@ -241,7 +216,7 @@ def fit_source(model, source, *, data_id: str | None = None, layer: str | None =
                               process_index=pi, process_count=pc, start=position, report=report,
                               require_labels=True)
     share = len(range(pi, len(source), pc))
-    with _StopFlag() as stop, rate_bar(f"CHIP fit @ {tap.layer}", num_masks, total=share - position,
+    with jobs.StopSignals() as stop, rate_bar(f"CHIP fit @ {tap.layer}", num_masks, total=share - position,
                                        enable=progress) as bar:
         for i, batch in enumerate(stream, start=1):
             acc.add(batch.x, batch.labels)
@@ -277,7 +252,7 @@ def fit_data_source(spec: str, *, labels_file: str | None = None, boxes: str | N
     ``labels_file``, ``ilsvrc:IMAGES_DIR`` (with ``boxes``), ``tfds:NAME_OR_DIR`` (``split``), or a bundled set
     (``composites``, ``two-object``, ``photos``; ``seed`` = the data seed). Returns ``(source, data_id)``."""
     from .data import labels_file_source
-    from .evaluate import BUNDLED_SETS, load_source
+    from .data import BUNDLED_SETS, load_source
 
     if labels_file:
         source = labels_file_source(spec, labels_file)

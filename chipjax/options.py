@@ -30,7 +30,8 @@ from .errors import InputError
 
 __all__ = ["Option", "OPTIONS", "check_option", "check_options", "parse_bytes", "MethodOptions", "EngineOptions",
            "ChipOptions", "RefinedChipOptions", "AblationCamOptions", "ScoreCamOptions", "RiseOptions",
-           "GradientCamOptions", "FitOptions", "METHOD_OPTIONS", "for_method", "option_names", "add_flags", "parse_items", "checked_values"]
+           "GradientCamOptions", "FitOptions", "METHOD_OPTIONS", "for_method", "option_names", "add_flags", "split_items", "parse_items",
+           "checked_values"]
 
 #: Largest mask count of one call (exact float32 mask sums; as :data:`chipjax.perturb.MAX_MASKS`).
 MAX_MASKS = 2 ** 24
@@ -412,9 +413,9 @@ def _item_value(text: str):
         return text
 
 
-def parse_items(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["chip.seed=3", "scorecam.chunk_size=32"]`` (``--option METHOD.KEY=VALUE``, VALUE read as JSON)
-    -> ``{"chip": {"seed": 3}, ...}``, each method's values checked against its options object."""
+def split_items(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["chip.seed=3", "scorecam.chunk_size=32"]`` (``--option METHOD.KEY=VALUE``, VALUE read as JSON,
+    else kept as text) -> ``{"chip": {"seed": 3}, "scorecam": {"chunk_size": 32}}``, not yet checked."""
     given: dict[str, dict[str, Any]] = {}
     for item in items:
         target, eq, value = item.partition("=")
@@ -422,7 +423,12 @@ def parse_items(items: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not eq or not dot or not key:
             raise InputError(f"--option {item!r}: write METHOD.KEY=VALUE, e.g. scorecam.chunk_size=32")
         given.setdefault(method, {})[key] = _item_value(value)
-    return {method: checked_values(method, values) for method, values in given.items()}
+    return given
+
+
+def parse_items(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """:func:`split_items`, each method's values checked against its options object (:func:`checked_values`)."""
+    return {method: checked_values(method, values) for method, values in split_items(items).items()}
 
 
 def checked_values(method: str, values: Mapping[str, Any], from_text: bool = False) -> dict[str, Any]:

@@ -7,7 +7,7 @@ inside the functions, so ``import chipjax`` stays light.
 Each figure function returns the Figure and, given ``out=PATH``, also writes it as a PNG of a
 documented pixel size (sizes are rounded ``inches · dpi``; each docstring gives its formula).
 The output folder is checked *before* anything is drawn, and the file is written to a temporary
-file in that folder and then moved over ``PATH`` with :func:`os.replace`, so a failure never
+file in that folder and then moved over ``PATH`` with :func:`os.replace` (:func:`chipjax.jobs.atomic_write`), so a failure never
 leaves a half-written or damaged file behind.
 
 Arrays may be NumPy or JAX arrays; images are ``uint8 (H, W, 3)`` and heat maps ``(H, W)``
@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import os
 import textwrap
-import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from .errors import InputError
+from .jobs import atomic_write
 
 __all__ = [
     "overlay", "overlay_rgb", "method_grid", "curves", "channel_bars", "box_preview",
-    "resize_bilinear", "method_label", "overlay_title", "trapezoid_area",
+    "resize_bilinear", "method_label", "overlay_title",
 ]
 
 OVERLAY_SIZE_IN = (5.0, 4.2)
@@ -196,6 +196,8 @@ def curves(curves: Mapping[str, tuple], *, kind: str = "deletion", auc: Mapping[
     Returns:
       The Figure: ``round(5·dpi) × round(4·dpi)`` pixels (500 × 400 at dpi=100).
     """
+    from . import metrics
+
     path = _check_out(out)
     if kind not in ("deletion", "insertion"):
         raise InputError(f"kind must be 'deletion' or 'insertion', got {kind!r}")
@@ -204,7 +206,7 @@ def curves(curves: Mapping[str, tuple], *, kind: str = "deletion", auc: Mapping[
     fig = _new_figure(CURVES_SIZE_IN, dpi)
     ax = fig.add_subplot()
     for name, (fractions, scores) in lines.items():
-        area = float(auc[name]) if name in auc else trapezoid_area(fractions, scores)
+        area = float(auc[name]) if name in auc else float(metrics.auc(fractions, scores))
         ax.plot(fractions, scores, label=f"{method_label(name)} (AUC {area:.3f})")
     better = "lower" if kind == "deletion" else "higher"
     ax.set_title(f"{kind.capitalize()} ({better} AUC is better)")
@@ -214,12 +216,6 @@ def curves(curves: Mapping[str, tuple], *, kind: str = "deletion", auc: Mapping[
     if lines:
         ax.legend(fontsize=8)
     return _finish(fig, path)
-
-
-def trapezoid_area(fractions, scores) -> float:
-    """Trapezoidal area under ``scores`` over ``fractions`` (both ``(T,)``)."""
-    integrate = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
-    return float(integrate(np.asarray(scores, np.float64), np.asarray(fractions, np.float64)))
 
 
 def channel_bars(weights, *, k: int = 20, class_name: str | None = None, out=None, dpi: float = 100) -> "Figure":
@@ -396,7 +392,7 @@ def map_on_photo(heatmap, view, hw: tuple[int, int]) -> np.ndarray:
     parts of the photo the view cropped away are 0. So an overlay shows the photo in its own aspect ratio
     with the map where the network looked, not the network's squashed square.
     """
-    from .evaluate import view_box_transform
+    from .models.preprocess import view_box_transform
 
     heat = np.asarray(heatmap, np.float32)
     h, w = int(hw[0]), int(hw[1])
@@ -437,20 +433,12 @@ def _finish(fig, path: Path | None):
 
 
 def _write_png(fig, path: Path) -> None:
-    """Render ``fig`` at its own size and dpi to ``path``: a temporary file in the same folder, then os.replace.
+    """Render ``fig`` at its own size and dpi to ``path`` atomically (:func:`chipjax.jobs.atomic_write`).
 
     The canvas is printed directly (not ``savefig``), so the user's ``savefig.*`` rcParams
     (bbox "tight", dpi) cannot change the documented pixel size.
     """
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(descriptor, "wb") as handle:
-            fig.canvas.print_png(handle)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    atomic_write(path, fig.canvas.print_png)
 
 
 # ----------------------------------------------------------------------------- input checks

@@ -32,7 +32,7 @@
 #   watch the class probability fall (lower area = better), or insert them into the blurred image and watch it
 #   rise (higher = better).
 #
-# Part 1 runs the evaluation as `chipjax eval` does (`chipjax.evaluate.evaluate`: a table, CSV, curves;
+# Part 1 runs the evaluation as `chipjax eval` does (`chipjax.eval.evaluate`: a table, CSV, curves;
 # resumable). Part 2 computes the same numbers by hand with `chipjax.metrics`, to show what they are.
 
 # %%
@@ -62,7 +62,8 @@ from IPython.display import Markdown, display
 
 import chipjax as cj
 from chipjax import evalsets, metrics, viz
-from chipjax.evaluate import EvalSource, Settings, evaluate
+from chipjax.data import EvalSource
+from chipjax.eval import Settings, evaluate
 
 model = cj.load_model("efficientnet_lite0")
 # the photos the model classifies right come first (on the others the class is wrong, not the map)
@@ -110,7 +111,7 @@ for kind in ("deletion", "insertion"):
 #
 # For the first batch of images: explain, then score with `chipjax.metrics`. The boxes are moved into the picture
 # the network sees: EfficientNet-Lite stretches the photo to 224 x 224 without a crop, so they scale
-# (`chipjax.evaluate.boxes_in_view` handles any view, e.g. ResNet's resize-and-crop).
+# (`chipjax.models.preprocess.boxes_in_view` handles any view, e.g. ResNet's resize-and-crop).
 
 # %%
 batch = samples[:BATCH]
@@ -150,7 +151,7 @@ for name in maps:
     assert [r["box_ok"] for r in recs] == list(by_hand[name]["box_ok"])
     np.testing.assert_allclose([r["deletion_auc"] for r in recs], by_hand[name]["deletion_auc"], atol=1e-5)
     np.testing.assert_allclose([r["insertion_auc"] for r in recs], by_hand[name]["insertion_auc"], atol=1e-5)
-print("by hand == chipjax.evaluate for", len(batch), "images")
+print("by hand == chipjax.eval for", len(batch), "images")
 viz.method_grid([model.view(s.image) for s in batch[:4]], {k: m[:4] for k, m in maps.items()},
                 row_titles=[model.labels[t] for t in targets[:4]])
 

@@ -51,7 +51,8 @@ from PIL import Image
 import chipjax as cj
 from chipjax import evalsets, pipeline
 from chipjax.data import folder_source, imagenet_synsets
-from chipjax.evaluate import evaluate, load_source
+from chipjax.data import load_source
+from chipjax.eval import evaluate
 from chipjax.fit import fit_source
 
 model = cj.load_model("efficientnet_lite0")

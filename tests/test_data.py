@@ -284,3 +284,25 @@ def test_tfds_missing_package_message(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tfds)
     with pytest.raises(ChipjaxError, match=r"pip install chipjax\[tfds\]"):
         D.tfds_source("imagenet2012")
+
+
+def test_load_source_names_and_folders(tmp_path):
+    from chipjax import evalsets
+
+    photos = D.load_source("photos")
+    assert len(photos.samples) == len(evalsets.photo_set()) and photos.accept is evalsets.acceptable_labels
+    assert [s.name for s in D.load_source("composites", num_images=3).samples] == [s.name for s in evalsets.composite_set(3, seed=0)]
+    two = D.load_source("two-object", num_images=3).samples
+    assert len(two) == 3 and np.array_equal(two[0].image, two[1].image)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / name)
+    (tmp_path / "boxes.json").write_text(json.dumps({"images": [
+        {"file": "a.png", "label": 967, "boxes": [[1, 2, 10, 12]]}, {"file": "b.png", "label": "tabby"}]}))
+    folder = D.load_source(str(tmp_path), num_images=1)
+    assert len(folder.samples) == 1 and folder.samples[0].label == 967 and folder.accept(967) == (967,)
+    with pytest.raises(InputError, match="unknown data"):
+        D.load_source(str(tmp_path / "missing"))
+    with pytest.raises(InputError, match="--boxes"):
+        D.load_source("ilsvrc:" + str(tmp_path))
+
+

@@ -73,7 +73,7 @@ def test_photo_images_are_read_only(photos):
 
 def test_backgrounds_inside_their_photos():
     for entry in ev.background_entries():
-        image = ev.load_source(entry.source)
+        image = ev.bundled_photo(entry.source)
         assert _box_inside(entry.box, *image.shape[:2]), entry
 
 
@@ -81,7 +81,7 @@ def test_sklearn_photos_match_load_sample_image():
     from sklearn.datasets import load_sample_image
 
     for name in ("china.jpg", "flower.jpg"):
-        np.testing.assert_array_equal(ev.load_source(f"sklearn:{name}"), load_sample_image(name))
+        np.testing.assert_array_equal(ev.bundled_photo(f"sklearn:{name}"), load_sample_image(name))
 
 
 def test_bad_boxes_and_sources_raise_input_errors():
@@ -94,11 +94,11 @@ def test_bad_boxes_and_sources_raise_input_errors():
     with pytest.raises(InputError, match="0..999"):
         ev._check_labels([1000], "test")
     with pytest.raises(InputError, match="unknown photo source"):
-        ev.load_source("flickr:cat.jpg")
+        ev.bundled_photo("flickr:cat.jpg")
     with pytest.raises(ImageError, match="skimage.data has no image"):
-        ev.load_source("skimage:no_such_photo")
+        ev.bundled_photo("skimage:no_such_photo")
     with pytest.raises(ImageError, match="no sample image"):
-        ev.load_source("sklearn:no_such_photo.jpg")
+        ev.bundled_photo("sklearn:no_such_photo.jpg")
 
 
 def test_composites_deterministic_per_seed():

@@ -963,7 +963,7 @@ def _box_folder(root, boxes):
 def test_eval_rerun_recomputes_samples_whose_boxes_or_pixels_changed(model, tmp_path):
     import json
 
-    from chipjax import evaluate as E
+    import chipjax.eval as E
 
     data, out = tmp_path / "data", tmp_path / "ev"
     _box_folder(data, [[0, 0, 20, 20], [30, 20, 64, 48], [0, 0, 64, 48]])
@@ -987,7 +987,7 @@ def test_eval_rerun_recomputes_samples_whose_boxes_or_pixels_changed(model, tmp_
 
 
 def fresh_records(out):
-    from chipjax import evaluate as E
+    import chipjax.eval as E
 
     return {r["i"]: r for r in E.read_records(str(out / "records.jsonl"))}
 
@@ -1289,7 +1289,7 @@ def test_flipped_bytes_in_a_checkpoint_are_detected_on_load(what, files, tmp_pat
 def test_flipped_bytes_in_an_eval_record_store_are_detected_on_load(tmp_path, caplog):
     import json
 
-    from chipjax import evaluate as E
+    import chipjax.eval as E
 
     records = [{"i": i, "run": "cam@layer4", "name": f"im{i}.png", "pointing": bool(i % 2), "box_ok": True,
                 "deletion_auc": 0.25 + i / 10} for i in range(4)]

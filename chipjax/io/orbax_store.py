@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, WeightsError
+from ..jobs import atomic_write, fingerprint
 
 __all__ = ["ARRAYS_DIR", "FORMAT", "HEADER_FILE", "is_variables_dir", "load_variables", "save_variables"]
 
@@ -140,10 +141,7 @@ def _header(metadata: dict, checksums: dict | None = None) -> str:
 
 
 def _write_header(directory: str, text: str) -> None:
-    with open(os.path.join(directory, HEADER_FILE), "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    atomic_write(os.path.join(directory, HEADER_FILE), text.encode("utf-8"))
 
 
 def _read_header(directory: str) -> dict:
@@ -185,7 +183,7 @@ def _read_header(directory: str) -> dict:
 
 
 def _metadata_digest(metadata: dict) -> str:
-    return hashlib.sha256(json.dumps(metadata, sort_keys=True).encode()).hexdigest()
+    return fingerprint(metadata, digits=None)
 
 
 def _verify_files(directory: str, header: dict) -> None:

@@ -2,14 +2,17 @@
 
 Two steps, kept apart so overlays show exactly what the network saw:
 
-* a *view*: any image -> uint8 ``(S, S, 3)`` (resize, optional centre crop);
+* a *view*: any image -> uint8 ``(S, S, 3)`` (resize, optional centre crop): a :class:`View`, which also
+  maps the photo's boxes into it (:func:`boxes_in_view`);
 * a *normalisation*: uint8 view -> float32 ``(S, S, 3)`` as the weights expect.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -151,24 +154,30 @@ def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR), dtype=np.uint8)
 
 
-def stretch_view(size: int) -> Callable[[np.ndarray], np.ndarray]:
-    """View that resizes the whole image to ``(size, size)``: nothing is cropped."""
+@dataclasses.dataclass(frozen=True)
+class View:
+    """What the network sees of a photo, and where the photo's boxes land in it.
 
-    def view(rgb: np.ndarray) -> np.ndarray:
-        return resize(rgb, (size, size))
+    ``View(size)`` resizes the whole photo to ``(size, size)`` (nothing is cropped); ``View(size, resize_to)``
+    is torchvision's ``Resize(resize_to)`` (shorter side) then ``CenterCrop(size)``.
 
-    return view
+    ``view(rgb)``: uint8 ``(H, W, 3)`` -> uint8 ``(size, size, 3)``. :meth:`transform` and :meth:`boxes` carry
+    the same geometry for points and boxes (exact, no probing).
+    """
 
+    size: int
+    resize_to: int | None = None
 
-def resize_crop_view(size: int, resize_to: int) -> Callable[[np.ndarray], np.ndarray]:
-    """torchvision's ``Resize(resize_to)`` (shorter side) then ``CenterCrop(size)``."""
+    def _resized_hw(self, h: int, w: int) -> tuple[int, int]:
+        to = self.resize_to
+        return (to, max(1, int(to * w / h))) if h <= w else (max(1, int(to * h / w)), to)
 
-    def view(rgb: np.ndarray) -> np.ndarray:
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        size = self.size
+        if self.resize_to is None:
+            return resize(rgb, (size, size))
         h, w = rgb.shape[:2]
-        if h <= w:
-            nh, nw = resize_to, max(1, int(resize_to * w / h))
-        else:
-            nh, nw = max(1, int(resize_to * h / w)), resize_to
+        nh, nw = self._resized_hw(h, w)
         top = int(round((nh - size) / 2.0))
         left = int(round((nw - size) / 2.0))
         if nh * nw > MAX_RESIZE_PIXELS:  # resample only the crop's source region (equal up to 1 grey level)
@@ -178,7 +187,82 @@ def resize_crop_view(size: int, resize_to: int) -> Callable[[np.ndarray], np.nda
         img = resize(rgb, (nh, nw))
         return img[top : top + size, left : left + size]
 
-    return view
+    def transform(self, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """``scale (2,)``, ``offset (2,)`` (x then y) and the view's ``(S_h, S_w)`` for a photo of ``hw``: a point
+        at continuous coordinate ``u`` (pixel edges, ``0 .. W``) lands at ``scale · u + offset``."""
+        h, w = int(hw[0]), int(hw[1])
+        s = int(self.size)
+        if self.resize_to is None:
+            return np.array([s / w, s / h]), np.zeros(2), (s, s)
+        nh, nw = self._resized_hw(h, w)
+        top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+        return np.array([nw / w, nh / h]), np.array([-left, -top], dtype=np.float64), (s, s)
+
+    def boxes(self, boxes, hw: tuple[int, int]) -> np.ndarray:
+        """Boxes ``(G, 4)`` of an ``hw`` photo in this view's pixels, clipped to it (a box the view crops away
+        becomes zero-area and never matches)."""
+        return _moved_boxes(boxes, *self.transform(hw))
+
+
+def stretch_view(size: int) -> View:
+    """View that resizes the whole image to ``(size, size)``: nothing is cropped."""
+    return View(int(size))
+
+
+def resize_crop_view(size: int, resize_to: int) -> View:
+    """torchvision's ``Resize(resize_to)`` (shorter side) then ``CenterCrop(size)``."""
+    return View(int(size), int(resize_to))
+
+
+def _moved_boxes(boxes, scale: np.ndarray, offset: np.ndarray, view_hw: tuple[int, int]) -> np.ndarray:
+    sh, sw = view_hw
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    moved = b * np.tile(scale, 2) + np.tile(offset, 2)
+    return np.clip(moved, 0.0, np.array([sw, sh, sw, sh], np.float64))
+
+
+def _probe_axis(profile: np.ndarray, n_src: int) -> tuple[float, float]:
+    """Fit ``src_centre(j) = c·j + d`` to a viewed ramp profile; return (scale, offset) for pixel edges."""
+    n = len(profile)
+    src = profile / 255.0 * (n_src - 1)
+    lo, hi = int(0.1 * n), max(int(0.1 * n) + 2, int(0.9 * n))
+    j = np.arange(n, dtype=np.float64)[lo:hi]
+    c, d = np.polyfit(j, src[lo:hi], 1)
+    # source centre (index i ↔ edge coordinate i + 0.5) of view pixel j (edge coordinate j + 0.5)
+    scale = 1.0 / c
+    return scale, 0.5 - scale * (d + 0.5)
+
+
+@lru_cache(maxsize=256)
+def probe_view_transform(view: Callable, h: int, w: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """:meth:`View.transform` of any other view function, measured by viewing two linear ramps (accurate to a
+    small fraction of a pixel); cached per (view, photo size)."""
+    xs = np.rint(np.arange(w) * 255.0 / max(1, w - 1)).astype(np.uint8)
+    ys = np.rint(np.arange(h) * 255.0 / max(1, h - 1)).astype(np.uint8)
+    ramp = np.zeros((h, w, 3), np.uint8)
+    ramp[..., 0] = xs[None, :]
+    ramp[..., 1] = ys[:, None]
+    seen = np.asarray(view(ramp), np.float64)
+    sx, ox = _probe_axis(seen[..., 0].mean(axis=0), w)
+    sy, oy = _probe_axis(seen[..., 1].mean(axis=1), h)
+    return np.array([sx, sy]), np.array([ox, oy]), (seen.shape[0], seen.shape[1])
+
+
+def view_box_transform(view: Callable, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """How ``view`` (uint8 ``(H, W, 3)`` -> ``(S_h, S_w, 3)``) moves pixel edges: ``scale (2,)``, ``offset (2,)``
+    (x then y) and ``(S_h, S_w)``; a :class:`View` says so itself, any other function is probed
+    (:func:`probe_view_transform`)."""
+    if isinstance(view, View):
+        return view.transform(hw)
+    return probe_view_transform(view, int(hw[0]), int(hw[1]))
+
+
+def boxes_in_view(boxes, hw: tuple[int, int], view: Callable) -> np.ndarray:
+    """Boxes ``(G, 4)`` of an ``hw`` photo in the pixels of ``view(photo)``, clipped to it (:meth:`View.boxes`;
+    any other view function through :func:`view_box_transform`)."""
+    if isinstance(view, View):
+        return view.boxes(boxes, hw)
+    return _moved_boxes(boxes, *view_box_transform(view, hw))
 
 
 def mean_std_normalize(mean, std) -> Callable[[np.ndarray], np.ndarray]:
