@@ -171,8 +171,8 @@ def check_option(name: str, value: Any) -> Any:
     if spec.kind == "int":
         if isinstance(value, (int, np.integer)):
             number = int(value)
-        elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            number = int(value.strip())
+        elif isinstance(value, str) and _int_or_none(value) is not None:
+            number = _int_or_none(value)
         elif isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
             number = int(value)
         else:
@@ -189,6 +189,14 @@ def check_option(name: str, value: Any) -> Any:
     if spec.high is not None and (number > spec.high or (spec.high_open and number == spec.high)):
         raise InputError(f"{flag} must be {spec.range_text()}, got {value!r}{hint}")
     return number
+
+
+def _int_or_none(text: str):
+    """The integer Python's ``int(text)`` reads (as argparse's ``type=int`` does: ``" 3 "``, ``"1_000"``), else None."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def check_options(values: Mapping[str, Any]) -> dict:
