@@ -19,7 +19,7 @@ from .models import load_model, model_names
 from .models.base import Model
 from .tap import ModuleTap, Tap, module_layers, tap_module
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "CHIP", "Model", "ModuleTap", "Tap", "__version__", "cams", "chip", "data", "errors", "eval", "evalsets", "evaluate",

@@ -255,10 +255,10 @@ class _Network:
 
 def _network(module_or_model, variables) -> _Network:
     """Recognise the module system of a user's network and make its runner."""
-    from .models.base import Model
-
-    if isinstance(module_or_model, Model):
-        return _network(module_or_model.module, module_or_model.variables if variables is None else variables)
+    parts = getattr(module_or_model, "network_parts", None)  # a chipjax Model (no import of chipjax.models here)
+    if callable(parts):
+        module, own_variables = parts()
+        return _network(module, own_variables if variables is None else variables)
     try:
         import flax.linen as nn
         if isinstance(module_or_model, nn.Module):

@@ -93,23 +93,11 @@ def random_torchvision_checkpoint(arch: str, folder: pathlib.Path) -> pathlib.Pa
         path = folder / f"{arch}-random.pth"
         torch.save(net.state_dict(), path)
         return path
-    from chipjax.io.torchvision_map import resnet_key_table
-
-    variables = cj.load_model(arch, weights=None, seed=0).variables
-    state = {}
-    for key, entry in resnet_key_table(int(arch.removeprefix("resnet"))).items():
-        value = np.asarray(_lookup(variables, entry.path))
-        state[key] = (value.transpose(3, 2, 0, 1) if entry.layout == "conv" else
-                      value.T if entry.layout == "linear" else value)
+    # chipjax's own export to torch's layout: the exact inverse of what `chipjax convert` reads
+    state = cj.load_model(arch, weights=None, seed=0).torch_state_dict()
     path = folder / f"{arch}-random.npz"
     np.savez(path, **state)
     return path
-
-
-def _lookup(tree, path):
-    for part in path:
-        tree = tree[part]
-    return tree
 
 
 checkpoint = (pathlib.Path(os.path.expanduser(CHECKPOINT)) if CHECKPOINT

@@ -330,7 +330,7 @@ def test_reading_never_imports_torch_or_eagerly_loads_submodules(tmp_path):
     path = _save_torch({"w": torch.randn(2, 2)}, tmp_path / "w.pth", "legacy")
     code = (
         "import sys, chipjax.io as io\n"
-        "lazy = ('chipjax.io.torchvision_map', 'chipjax.io.efficientnet_map', 'orbax.checkpoint')\n"
+        "lazy = ('chipjax.models.keymap', 'chipjax.models.efficientnet', 'orbax.checkpoint')\n"
         "eager = [m for m in lazy if m in sys.modules]\n"
         "assert not eager, eager\n"
         f"io.read_state_dict({str(path)!r})\n"

@@ -11,7 +11,7 @@ import torchvision
 from test_layers import numpy_state_dict, randomize_batchnorm, torch_unit_outputs
 
 from chipjax.errors import ModelError, WeightsError
-from chipjax.io.torchvision_map import convert_resnet, resnet_key_table
+from chipjax.models.resnet import convert_resnet, resnet_key_table
 from chipjax.models import variable_shapes
 from chipjax.models.base import Model, tap_names
 from chipjax.models.preprocess import IMAGENET_MEAN, IMAGENET_STD

@@ -9,7 +9,7 @@ import torchvision
 from test_layers import numpy_state_dict, randomize_batchnorm, torch_unit_outputs
 
 from chipjax.errors import ModelError, WeightsError
-from chipjax.io.torchvision_map import convert_vgg, vgg_key_table
+from chipjax.models.vgg import convert_vgg, vgg_key_table
 from chipjax.models import variable_shapes
 from chipjax.models.base import Model, tap_names
 from chipjax.models.vgg import vgg_spec

@@ -231,8 +231,6 @@ KEY_ONLY = [
     "name", [pytest.param(n, marks=m, id=n) for n, _, m in ARCHS] + [pytest.param(n, marks=slow) for n in KEY_ONLY]
 )
 def test_key_table_matches_torchvision_state_dict(name):
-    from chipjax.models.chain import spec_key_table
-
     tmodel = meta_torch_model(name)
     spec = get_spec(name)
     ignored = getattr(spec.convert, "keywords", {}).get("ignored_prefixes", ())
@@ -241,5 +239,5 @@ def test_key_table_matches_torchvision_state_dict(name):
         for k, v in tmodel.state_dict().items()
         if not k.endswith("num_batches_tracked") and not k.startswith(ignored)
     }
-    got = {k: e.torch_shape for k, e in spec_key_table(spec).items()}
+    got = {k: e.torch_shape for k, e in spec.key_table().items()}
     assert got == want

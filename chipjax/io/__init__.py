@@ -17,7 +17,7 @@ import importlib
 import os
 import struct
 import zipfile
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +55,6 @@ _LAZY = {
     "safetensors": ("chipjax.io.safetensors", None),
     "npz": ("chipjax.io.npz", None),
     "orbax_store": ("chipjax.io.orbax_store", None),
-    "torchvision_map": ("chipjax.io.torchvision_map", None),
-    "efficientnet_map": ("chipjax.io.efficientnet_map", None),
 }
 
 
@@ -71,29 +69,6 @@ def __getattr__(name: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- shared primitives
-
-
-def read_exact(f: BinaryIO, nbytes: int, what: str) -> bytearray:
-    """Read exactly ``nbytes`` from ``f`` into a writable buffer.
-
-    Raises :class:`WeightsError` (without a path; callers add it) when the file ends first.
-    """
-    if nbytes < 0:
-        raise WeightsError(f"{what}: negative size {nbytes}")
-    buf = bytearray(nbytes)
-    view = memoryview(buf)
-    got = 0
-    while got < nbytes:
-        n = f.readinto(view[got:])
-        if not n:
-            raise WeightsError(f"{what}: needs {nbytes} bytes but the file ends after {got}; the file is truncated")
-        got += n
-    return buf
-
-
-def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
-    """bfloat16 values stored as ``uint16`` bit patterns (any shape) -> exactly equal float32, same shape."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -122,7 +122,7 @@ def _files_manifest(directory: str) -> dict[str, list]:
 
 
 def _header(metadata: dict, checksums: dict | None = None) -> str:
-    from .. import __version__
+    from .._version import __version__
 
     if not isinstance(metadata, Mapping):
         raise InputError(f"metadata must be a dict, got {type(metadata).__name__}")

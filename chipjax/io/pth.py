@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import UnsafeCheckpointError, WeightsError
-from . import bfloat16_to_float32, read_exact
+from .binary import bfloat16_to_float32, read_exact
 
 __all__ = ["MAGIC_NUMBER", "PROTOCOL_VERSION", "read_torch_pickle", "read_torch_zip", "select_state_dict"]
 

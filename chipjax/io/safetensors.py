@@ -13,7 +13,7 @@ import struct
 import numpy as np
 
 from ..errors import WeightsError
-from . import bfloat16_to_float32, read_exact
+from .binary import bfloat16_to_float32, read_exact
 
 __all__ = ["SAFETENSORS_DTYPES", "read_safetensors"]
 

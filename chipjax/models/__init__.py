@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ModelError, WeightsError
 from .base import ArchSpec, Model, tap_names
+from .variables import init_variables, variable_shapes
 
 __all__ = ["ArchSpec", "Model", "load_model", "model_names", "get_spec", "tap_names"]
 
@@ -64,27 +65,6 @@ def get_spec(name: str) -> ArchSpec:
     if key not in builders:
         raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(builders)}")
     return builders[key]()
-
-
-def _init_side(spec: ArchSpec) -> int:
-    """Side of the square input used to build the variables: 64 px, or the network's minimum if larger."""
-    return max(64, spec.min_size)
-
-
-def init_variables(spec: ArchSpec, seed: int = 0) -> Any:
-    """Random-init Flax variables of ``spec`` (PRNG key from ``seed``)."""
-    module = spec.make_module()
-    side = _init_side(spec)
-    x = jnp.zeros((1, side, side, 3), jnp.float32)
-    return jax.jit(module.init)(jax.random.PRNGKey(seed), x)
-
-
-def variable_shapes(spec: ArchSpec) -> Any:
-    """Shapes/dtypes of the variables of ``spec``, without computing them."""
-    module = spec.make_module()
-    side = _init_side(spec)
-    x = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
-    return jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
 
 
 def check_variables(spec: ArchSpec, variables: Any, source: str) -> Any:

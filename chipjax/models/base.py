@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, WeightsError
 from ..tap import Tap, resolve_layer
 
 Variables = Mapping[str, Any]
@@ -34,12 +34,14 @@ class ArchSpec:
       input_size: side S of the square input the weights expect.
       view: ``uint8 (H, W, 3) -> uint8 (S, S, 3)``: what the network sees (resize/crop).
       normalize: ``uint8 (S, S, 3) -> float32 (S, S, 3)`` as the weights expect.
-      convert: torch-style state dict ``{key: ndarray}`` -> Flax variables; raises
-        :class:`~chipjax.errors.WeightsError` naming any missing/extra/mis-shaped key.
       pretrained: ``() -> path`` of shipped weights, or ``None`` where none ship.
       default_layer: tap used when the caller names none (last conv stage).
       stage_layers: taps of the last stages, coarse last, for Refined CHIP.
       min_size: smallest input side the network runs on (torchvision's ``min_size``; Inception-v3: 75).
+      convert: torch-style state dict ``{key: ndarray}`` -> Flax variables; raises
+        :class:`~chipjax.errors.WeightsError` naming any missing/extra/mis-shaped key.
+      key_table: ``() -> {torch key: KeyEntry}``, the table ``convert`` reads with and
+        :meth:`Model.torch_state_dict` writes with (:mod:`chipjax.models.keymap`); ``None``: no torch layout.
     """
 
     name: str
@@ -49,11 +51,12 @@ class ArchSpec:
     input_size: int
     view: Callable[[np.ndarray], np.ndarray]
     normalize: Callable[[np.ndarray], np.ndarray]
-    convert: Callable[[Mapping[str, np.ndarray]], Variables]
     pretrained: Callable[[], str] | None
     default_layer: str
     stage_layers: tuple[str, ...]
     min_size: int = 1
+    convert: Callable[[Mapping[str, np.ndarray]], Variables] | None = None
+    key_table: Callable[[], Mapping[str, Any]] | None = None
 
 
 def tap_names(units: Sequence[str], aliases: Mapping[str, str]) -> list[str]:
@@ -94,6 +97,22 @@ class Model:
         """Logits ``(B, num_classes)`` of preprocessed images ``(B, S, S, 3)``."""
         x = check_images(x)
         return self._apply(self.variables, x)
+
+    def network_parts(self) -> tuple[Any, Variables]:
+        """``(flax module, variables)``: what :func:`chipjax.tap.tap_module` taps."""
+        return self.module, self.variables
+
+    def torch_state_dict(self) -> dict[str, np.ndarray]:
+        """The variables as the reference torch model's ``state_dict`` (torch key names, layouts and
+        shapes; float32 arrays): the inverse of loading a torch checkpoint
+        (:func:`chipjax.models.keymap.export_state_dict`). Raises :class:`WeightsError` for an
+        architecture without a torch layout."""
+        from .keymap import export_state_dict
+
+        if self.spec.key_table is None:
+            raise WeightsError(f"{self.name} has no torch key table, so no torch state dict; families with one: "
+                               f"ResNet, VGG, EfficientNet-Lite and the torchvision zoo")
+        return export_state_dict(self.variables, self.spec.key_table())
 
     # --- taps --------------------------------------------------------------------
     @cached_property

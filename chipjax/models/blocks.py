@@ -1,6 +1,6 @@
 """torchvision's shared building blocks (``torchvision.ops.misc``) in Flax, NHWC, eval mode.
 
-Submodules carry torch's names, so :func:`chipjax.io.torchvision_map.torch_key_table` maps them:
+Submodules carry torch's names, so :func:`chipjax.models.keymap.torch_key_table` maps them:
 
 * :class:`ConvNormAct`: ``Conv2dNormActivation`` — conv ``"0"``, batch norm ``"1"``, then an activation.
 * :class:`SqueezeExcitation`: ``SqueezeExcitation`` — ``fc1``/``fc2`` 1×1 convs with bias.

@@ -5,7 +5,7 @@ module factory), ...]``, input to output, with units and their submodules named 
 torchvision names its modules. :class:`UnitChain` runs a plan (``__call__(x, start,
 stop)`` as :mod:`chipjax.models.base` requires); :func:`chain_spec` wraps it into an
 :class:`ArchSpec` whose ``convert`` uses the key table that
-:func:`chipjax.io.torchvision_map.torch_key_table` derives from the module names, so a
+:func:`chipjax.models.keymap.torch_key_table` derives from the module names, so a
 missing, extra or mis-shaped torch key is named in the error.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 
 from .base import ArchSpec
+from .keymap import with_torch_keys
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, mean_std_normalize, resize_crop_view
 
 Plan = Sequence[tuple[str, Callable[[], nn.Module]]]
@@ -67,37 +68,6 @@ def block_units(base: str, parts: Sequence[tuple[str, Callable[..., nn.Module]]]
     return units + [(base, functools.partial(Sequential, layers=tail))]
 
 
-@functools.lru_cache(maxsize=None)
-def chain_key_table(name: str, unit_prefix: tuple[tuple[str, str], ...] = ()):
-    """``{torch key: KeyEntry}`` of the zoo architecture ``name`` (cached); ``unit_prefix`` as in :func:`chain_spec`."""
-    from ..io.torchvision_map import torch_key_table
-    from . import get_spec
-
-    return torch_key_table(get_spec(name), unit_prefix=dict(unit_prefix))
-
-
-def convert_chain(
-    state_dict: Mapping,
-    name: str,
-    ignored_prefixes: tuple[str, ...] = (),
-    unit_prefix: tuple[tuple[str, str], ...] = (),
-) -> dict:
-    """torchvision ``state_dict`` (arrays) -> Flax variables of ``name``; keys under ``ignored_prefixes`` are dropped.
-
-    Raises :class:`~chipjax.errors.WeightsError` naming any missing, extra or mis-shaped key.
-    """
-    from ..io.torchvision_map import convert_state_dict
-
-    kept = {k: v for k, v in state_dict.items() if not str(k).startswith(ignored_prefixes)}
-    return convert_state_dict(kept, chain_key_table(name, unit_prefix), name)
-
-
-def spec_key_table(spec: ArchSpec):
-    """The key table ``spec.convert`` uses, for a spec made by :func:`chain_spec` (or with :func:`convert_chain`)."""
-    keywords = spec.convert.keywords
-    return chain_key_table(spec.name, keywords.get("unit_prefix", ()))
-
-
 def chain_spec(
     name: str,
     plan: Callable[[], Plan],
@@ -127,7 +97,7 @@ def chain_spec(
       min_size: smallest input side the network runs on.
     """
     units = tuple(unit for unit, _ in plan())
-    return ArchSpec(
+    spec = ArchSpec(
         name=name,
         make_module=functools.partial(UnitChain, plan=plan),
         units=units,
@@ -135,14 +105,9 @@ def chain_spec(
         input_size=input_size,
         view=resize_crop_view(input_size, resize_size),
         normalize=mean_std_normalize(mean, std),
-        convert=functools.partial(
-            convert_chain,
-            name=name,
-            ignored_prefixes=tuple(ignored_prefixes),
-            unit_prefix=tuple(sorted((unit_prefix or {}).items())),
-        ),
         pretrained=None,
         default_layer=default_layer,
         stage_layers=tuple(stage_layers),
         min_size=min_size,
     )
+    return with_torch_keys(spec, unit_prefix, tuple(ignored_prefixes))

@@ -43,9 +43,13 @@ Lite0: 1152 channels, ``S/32``; the best boxes in the design measurements) and `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import math
 import os
+import types
+from typing import Any, Iterator, Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -53,6 +57,7 @@ from jax import lax
 
 from ..errors import ModelError, WeightsError
 from .base import ArchSpec
+from .keymap import KeyEntry, convert_state_dict
 from .layers import depthwise_conv
 from .preprocess import mean_std_normalize, stretch_view
 
@@ -214,20 +219,6 @@ def depthwise_conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax
     return depthwise_conv(x, kernel, stride, pads)
 
 
-def grouped_depthwise_conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-    """:func:`depthwise_conv_same` by XLA's grouped convolution (the slower reference form)."""
-    k, channels = kernel.shape[0], kernel.shape[-1]
-    pads = [same_padding(x.shape[1], k, stride), same_padding(x.shape[2], k, stride)]
-    return lax.conv_general_dilated(
-        x,
-        kernel.reshape(k, k, 1, channels),
-        (stride, stride),
-        pads,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=channels,
-    )
-
-
 def conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """Dense convolution with TF "SAME" padding: ``x (B, H, W, Cin)``, ``kernel (k, k, Cin, Cout)``.
 
@@ -360,15 +351,6 @@ def pretrained_path(i: int) -> str:
     return path
 
 
-def _convert(i: int):
-    def convert(state_dict):
-        from ..io.efficientnet_map import convert_efficientnet_lite
-
-        return convert_efficientnet_lite(state_dict, i)
-
-    return convert
-
-
 def efficientnet_lite_spec(i: int) -> ArchSpec:
     """The :class:`ArchSpec` of EfficientNet-Lite``i`` (``i`` in 0, 1, 2) with its shipped weights."""
     if i not in LITE_PARAMS:
@@ -382,8 +364,107 @@ def efficientnet_lite_spec(i: int) -> ArchSpec:
         input_size=size,
         view=stretch_view(size),
         normalize=mean_std_normalize((0.5,) * 3, (0.5,) * 3),
-        convert=_convert(i),
+        convert=functools.partial(convert_efficientnet_lite, i=i),
+        key_table=functools.partial(efficientnet_key_table, i),
         pretrained=lambda: pretrained_path(i),
         default_layer="head",
         stage_layers=lite_stage_layers(i),
     )
+
+
+# --- the key table of efficientnet_lite_pytorch's checkpoints -------------------------------------------
+# The key table of ``efficientnet_lite_pytorch``'s EfficientNet-Lite (the zoo's one scheme:
+# :class:`chipjax.models.keymap.KeyEntry` rows read by :func:`~chipjax.models.keymap.convert_state_dict`
+# and written by :func:`~chipjax.models.keymap.export_state_dict`).
+#
+# Reference keys: ``_conv_stem.weight``, ``_bn0.*`` (stem BN), ``_blocks.N._expand_conv.weight``,
+# ``_blocks.N._bn0.*``, ``_blocks.N._depthwise_conv.weight``, ``_blocks.N._bn1.*``,
+# ``_blocks.N._project_conv.weight``, ``_blocks.N._bn2.*``, ``_conv_head.weight``, ``_bn1.*`` (head BN),
+# ``_fc.weight``, ``_fc.bias``; BN ``*`` is ``weight``, ``bias``, ``running_mean``, ``running_var`` and
+# the ignored ``num_batches_tracked``.
+#
+# Layouts: conv ``(Cout, Cin, k, k)`` -> ``(k, k, Cin, Cout)``; depthwise ``(C, 1, k, k)`` -> ``(k, k, C)``;
+# linear ``(out, in)`` -> ``(in, out)``; BN weight/bias -> ``params`` scale/bias, running mean/var ->
+# ``batch_stats`` mean/var.
+
+# torch (conv, BN) attribute names of each MBConv part
+PART_KEYS = {"expand": ("_expand_conv", "_bn0"), "dw": ("_depthwise_conv", "_bn1"), "project": ("_project_conv", "_bn2")}
+
+
+def part_torch_shape(block: BlockConfig, part: str) -> tuple[int, ...]:
+    """Torch weight shape of one MBConv ``part`` (``"expand"``, ``"dw"`` or ``"project"``)."""
+    if part == "expand":
+        return (block.mid_ch, block.in_ch, 1, 1)
+    if part == "dw":
+        return (block.mid_ch, 1, block.kernel, block.kernel)
+    return (block.out_ch, block.mid_ch, 1, 1)
+
+
+def conv_bn_entries(conv: str, bn: str, weight_shape: tuple[int, ...], layout: str, path: tuple[str, ...]) -> Iterator[tuple]:
+    """``(torch key, torch shape, flax collection, flax path, layout)`` rows of one conv + BN pair."""
+    width = (weight_shape[0],)
+    yield conv + ".weight", weight_shape, "params", path + ("kernel",), layout
+    yield bn + ".weight", width, "params", path + ("bn", "scale"), "same"
+    yield bn + ".bias", width, "params", path + ("bn", "bias"), "same"
+    yield bn + ".running_mean", width, "batch_stats", path + ("bn", "mean"), "same"
+    yield bn + ".running_var", width, "batch_stats", path + ("bn", "var"), "same"
+
+
+def unit_entries(unit: UnitConfig, in_ch: int) -> Iterator[tuple]:
+    """Every ``(torch key, torch shape, collection, flax path, layout)`` row of one unit.
+
+    ``in_ch`` is the unit's input width (the head and fc need it).
+    """
+    path = (unit.module_name,)
+    if unit.kind == "stem":
+        yield from conv_bn_entries("_conv_stem", "_bn0", (STEM_CHANNELS, 3, 3, 3), "conv", path)
+    elif unit.kind == "head":
+        yield from conv_bn_entries("_conv_head", "_bn1", (HEAD_CHANNELS, in_ch, 1, 1), "conv", path)
+    elif unit.kind == "fc":
+        yield "_fc.weight", (NUM_CLASSES, in_ch), "params", path + ("kernel",), "linear"
+        yield "_fc.bias", (NUM_CLASSES,), "params", path + ("bias",), "same"
+    elif unit.kind == "block" or unit.kind in PART_KEYS:
+        block = unit.block
+        prefix = f"_blocks.{block.index}."
+        for part in block.parts if unit.kind == "block" else (unit.kind,):
+            conv, bn = PART_KEYS[part]
+            sub = path + (part,) if unit.kind == "block" else path
+            layout = "dw" if part == "dw" else "conv"
+            yield from conv_bn_entries(prefix + conv, prefix + bn, part_torch_shape(block, part), layout, sub)
+
+
+def _unit_out_channels(unit: UnitConfig, in_ch: int) -> int:
+    if unit.kind == "stem":
+        return STEM_CHANNELS
+    if unit.kind == "expand":
+        return unit.block.mid_ch
+    if unit.kind == "dw":
+        return in_ch
+    if unit.kind in ("project", "block"):
+        return unit.block.out_ch
+    if unit.kind == "head":
+        return HEAD_CHANNELS
+    if unit.kind == "fc":
+        return NUM_CLASSES
+    return in_ch  # avgpool
+
+
+@functools.lru_cache(maxsize=None)
+def efficientnet_key_table(i: int) -> Mapping[str, KeyEntry]:
+    """``{torch key: KeyEntry}`` of EfficientNet-Lite``i``, input to output."""
+    table: dict[str, KeyEntry] = {}
+    in_ch = 3
+    for unit in lite_units(i):
+        for key, shape, collection, path, layout in unit_entries(unit, in_ch):
+            table[key] = KeyEntry(path=(collection, *path), layout=layout, torch_shape=tuple(shape))
+        in_ch = _unit_out_channels(unit, in_ch)
+    return types.MappingProxyType(table)
+
+
+def convert_efficientnet_lite(state_dict: Mapping[str, Any], i: int) -> dict[str, dict]:
+    """Reference state dict -> ``{"params": ..., "batch_stats": ...}`` of EfficientNet-Lite``i``.
+
+    Raises:
+      WeightsError: naming any missing, unexpected or mis-shaped key.
+    """
+    return convert_state_dict(state_dict, efficientnet_key_table(i), f"efficientnet_lite{i}")

@@ -5,7 +5,7 @@ NHWC. The network is a chain of *units* named as torchvision names its modules:
 residual block each), ``"avgpool"`` (global average pool, ``(B, C)``) and ``"fc"``.
 Tap aliases ``"layer1"`` … ``"layer4"`` name the last block of each stage. Variables
 convert from a torchvision ``state_dict`` with
-:func:`chipjax.io.torchvision_map.convert_resnet`.
+:func:`convert_resnet`.
 
 ResNeXt (``resnext50_32x4d``, ``resnext101_32x8d``, ``resnext101_64x4d``) and Wide ResNet
 (``wide_resnet50_2``, ``wide_resnet101_2``) are the same network with a grouped / wider 3x3 conv in
@@ -22,6 +22,7 @@ import jax
 
 from ..errors import ModelError
 from .base import ArchSpec
+from .keymap import KeyEntry, convert_state_dict, with_torch_keys
 from .layers import AvgPoolFlatten, BatchNorm, MaxPool2d, conv2d, dense
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, mean_std_normalize, resize_crop_view
 
@@ -156,26 +157,30 @@ class ResNet(nn.Module):
         return x
 
 
-def _convert(state_dict, depth: int):
-    from ..io.torchvision_map import convert_resnet
+#: torch prefix of the stem unit: ``"relu"`` holds torchvision's top-level ``conv1``/``bn1``.
+STEM_PREFIX = {"relu": ""}
 
-    return convert_resnet(state_dict, depth)
+
+@functools.lru_cache(maxsize=None)
+def resnet_key_table(depth: int) -> Mapping[str, KeyEntry]:
+    """``{torch key: KeyEntry}`` of torchvision's ``resnet{depth}`` (the stem unit ``"relu"`` holds ``conv1``/``bn1``)."""
+    return resnet_spec(depth).key_table()
+
+
+def convert_resnet(state_dict: Mapping, depth: int) -> dict:
+    """torchvision ``resnet{depth}().state_dict()`` (as arrays) -> Flax variables of :class:`ResNet`."""
+    return convert_state_dict(state_dict, resnet_key_table(depth), f"resnet{depth}")
 
 
 def resnet_variant_spec(name: str) -> ArchSpec:
     """The :class:`ArchSpec` of torchvision's ResNeXt / Wide ResNet ``name`` (a key of :data:`RESNET_VARIANTS`)."""
-    from .chain import convert_chain
-
     if name not in RESNET_VARIANTS:
         raise ModelError(f"no ResNet variant {name!r}; choose one of {', '.join(RESNET_VARIANTS)}")
     depth, groups, width_per_group = RESNET_VARIANTS[name]
     base = resnet_spec(depth)
-    return dataclasses.replace(
-        base,
-        name=name,
-        make_module=functools.partial(ResNet, depth=depth, groups=groups, width_per_group=width_per_group),
-        convert=functools.partial(convert_chain, name=name, unit_prefix=(("relu", ""),)),  # the stem holds conv1/bn1
-    )
+    variant = dataclasses.replace(
+        base, name=name, make_module=functools.partial(ResNet, depth=depth, groups=groups, width_per_group=width_per_group))
+    return with_torch_keys(variant, STEM_PREFIX)
 
 
 def resnet_spec(depth: int) -> ArchSpec:
@@ -183,7 +188,7 @@ def resnet_spec(depth: int) -> ArchSpec:
     kind, blocks = _config(depth)
     units = tuple(name for name, _ in resnet_plan(depth))
     aliases = {f"layer{s}": f"layer{s}.{n - 1}" for s, n in enumerate(blocks, start=1)}
-    return ArchSpec(
+    spec = ArchSpec(
         name=f"resnet{depth}",
         make_module=functools.partial(ResNet, depth=depth),
         units=units,
@@ -191,8 +196,8 @@ def resnet_spec(depth: int) -> ArchSpec:
         input_size=224,
         view=resize_crop_view(224, 256),
         normalize=mean_std_normalize(IMAGENET_MEAN, IMAGENET_STD),
-        convert=functools.partial(_convert, depth=depth),
         pretrained=None,
         default_layer="layer4",
         stage_layers=("layer2", "layer3", "layer4"),
     )
+    return with_torch_keys(spec, STEM_PREFIX)

@@ -6,7 +6,7 @@ by its index (``"features.0"`` conv, ``"features.1"`` ReLU or BN, …), followed
 ``(B, 25088)``) and ``"classifier"`` (Linear-ReLU-Dropout-Linear-ReLU-Dropout-Linear;
 dropout is the identity at inference). Alias ``"features"`` names the last features
 unit. Variables convert from a torchvision ``state_dict`` with
-:func:`chipjax.io.torchvision_map.convert_vgg`.
+:func:`convert_vgg`.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import jax
 
 from ..errors import ModelError
 from .base import ArchSpec
+from .keymap import KeyEntry, convert_state_dict, with_torch_keys
 from .layers import AvgPoolFlatten, BatchNorm, MaxPool2d, ReLU, conv2d, dense
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, mean_std_normalize, resize_crop_view
 
@@ -102,10 +103,15 @@ def relus_before_pools(depth: int, batch_norm: bool) -> list[str]:
     return names
 
 
-def _convert(state_dict, depth: int, batch_norm: bool):
-    from ..io.torchvision_map import convert_vgg
+@functools.lru_cache(maxsize=None)
+def vgg_key_table(depth: int, batch_norm: bool) -> Mapping[str, KeyEntry]:
+    """``{torch key: KeyEntry}`` of torchvision's ``vgg{depth}`` / ``vgg{depth}_bn``."""
+    return vgg_spec(depth, batch_norm).key_table()
 
-    return convert_vgg(state_dict, depth, batch_norm)
+
+def convert_vgg(state_dict: Mapping, depth: int, batch_norm: bool = False) -> dict:
+    """torchvision ``vgg{depth}[_bn]().state_dict()`` (as arrays) -> Flax variables of :class:`VGG`."""
+    return convert_state_dict(state_dict, vgg_key_table(depth, batch_norm), f"vgg{depth}_bn" if batch_norm else f"vgg{depth}")
 
 
 def vgg_spec(depth: int, batch_norm: bool = False) -> ArchSpec:
@@ -113,7 +119,7 @@ def vgg_spec(depth: int, batch_norm: bool = False) -> ArchSpec:
     units = tuple(name for name, _ in vgg_plan(depth, batch_norm))
     last_features = [u for u in units if u.startswith("features.")][-1]
     stages = tuple(relus_before_pools(depth, batch_norm)[-3:])
-    return ArchSpec(
+    spec = ArchSpec(
         name=f"vgg{depth}_bn" if batch_norm else f"vgg{depth}",
         make_module=functools.partial(VGG, depth=depth, batch_norm=batch_norm),
         units=units,
@@ -121,8 +127,8 @@ def vgg_spec(depth: int, batch_norm: bool = False) -> ArchSpec:
         input_size=224,
         view=resize_crop_view(224, 256),
         normalize=mean_std_normalize(IMAGENET_MEAN, IMAGENET_STD),
-        convert=functools.partial(_convert, depth=depth, batch_norm=batch_norm),
         pretrained=None,
         default_layer=stages[-1],
         stage_layers=stages,
     )
+    return with_torch_keys(spec)

@@ -1,4 +1,12 @@
-"""torchvision state dicts -> Flax variables, driven by one key table per architecture.
+"""Torch state dicts <-> Flax variables, driven by one key table per architecture: the one scheme of the zoo.
+
+Every family's table is a ``{torch key: KeyEntry}`` mapping (:class:`KeyEntry`: the Flax path, the
+layout and the torch shape); :func:`convert_state_dict` reads a state dict with it and
+:func:`export_state_dict` writes one (the exact inverse: torch's key names, layouts and shapes).
+This is architecture knowledge, so it lives with the models; :mod:`chipjax.io` only reads bytes.
+
+torchvision families (:func:`with_torch_keys`; EfficientNet-Lite's table is written out in
+:mod:`chipjax.models.efficientnet`):
 
 A zoo model names its Flax submodules like torch names its modules, so the table is
 derived, not written by hand: the variable ``params/units_<i>/<inner...>/<leaf>`` of
@@ -8,8 +16,8 @@ with leaves renamed ``kernel``/``scale`` -> ``weight``, ``bias`` -> ``bias``,
 A per-architecture ``unit_prefix`` overrides the torch prefix of a unit (ResNet's stem
 unit ``"relu"`` holds the top-level ``conv1``/``bn1``).
 
-Layouts: conv weights OIHW -> HWIO, linear weights ``(out, in)`` -> ``(in, out)``, vectors
-as they are. ``num_batches_tracked`` entries are ignored; every other missing, extra or
+Layouts: conv weights OIHW -> HWIO, depthwise ``(C, 1, k, k)`` -> ``(k, k, C)``, linear weights
+``(out, in)`` -> ``(in, out)``, vectors as they are. ``num_batches_tracked`` entries are ignored; every other missing, extra or
 mis-shaped key raises :class:`~chipjax.errors.WeightsError` naming it.
 """
 from __future__ import annotations
@@ -25,6 +33,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ..errors import WeightsError
+from .variables import variable_shapes
 
 #: (collection, Flax leaf name) -> torch parameter/buffer name.
 TORCH_LEAF_NAMES: Mapping[tuple[str, str], str] = {
@@ -44,7 +53,8 @@ class KeyEntry:
 
     Attributes:
       path: Flax variable path, e.g. ``("params", "units_2", "conv1", "kernel")``.
-      layout: ``"conv"`` (torch OIHW -> HWIO), ``"linear"`` (``(out, in) -> (in, out)``) or ``"same"``.
+      layout: ``"conv"`` (torch OIHW -> HWIO), ``"dw"`` (depthwise ``(C, 1, k, k) -> (k, k, C)``),
+        ``"linear"`` (``(out, in) -> (in, out)``) or ``"same"``.
       torch_shape: the shape the torch tensor must have.
     """
 
@@ -71,8 +81,22 @@ def _torch_shape(flax_shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
 
 
 def _to_flax(array: np.ndarray, layout: str) -> np.ndarray:
+    """Torch layout -> Flax layout (see :class:`KeyEntry`)."""
     if layout == "conv":
         return np.transpose(array, (2, 3, 1, 0))
+    if layout == "dw":
+        return np.transpose(array[:, 0], (1, 2, 0))
+    if layout == "linear":
+        return array.T
+    return array
+
+
+def _to_torch(array: np.ndarray, layout: str) -> np.ndarray:
+    """Flax layout -> torch layout: the inverse of :func:`_to_flax`."""
+    if layout == "conv":
+        return np.transpose(array, (3, 2, 0, 1))
+    if layout == "dw":
+        return np.transpose(array, (2, 0, 1))[:, None]
     if layout == "linear":
         return array.T
     return array
@@ -90,8 +114,6 @@ def torch_key_table(spec, unit_prefix: Mapping[str, str] | None = None) -> Mappi
         ``self.units`` (Flax names them ``units_<i>``) and names inner submodules as torch does.
       unit_prefix: torch prefix of a unit where it is not the unit's name (``""`` for none).
     """
-    from ..models import variable_shapes
-
     unit_prefix = dict(unit_prefix or {})
     table: dict[str, KeyEntry] = {}
     flat = flatten_dict(dict(variable_shapes(spec)))
@@ -159,28 +181,38 @@ def convert_state_dict(state_dict: Mapping[str, Any], table: Mapping[str, KeyEnt
     return unflatten_dict(flat)
 
 
-@functools.lru_cache(maxsize=None)
-def resnet_key_table(depth: int) -> Mapping[str, KeyEntry]:
-    """Key table of torchvision's ``resnet{depth}`` (the stem unit ``"relu"`` holds ``conv1``/``bn1``)."""
-    from ..models.resnet import resnet_spec
+def export_state_dict(variables: Mapping[str, Any], table: Mapping[str, KeyEntry]) -> dict[str, np.ndarray]:
+    """Flax variables -> a torch-style state dict ``{torch key: float32 ndarray}`` in torch's layouts and shapes.
 
-    return torch_key_table(resnet_spec(depth), unit_prefix={"relu": ""})
+    The exact inverse of :func:`convert_state_dict` with the same ``table``: what ``load_state_dict``
+    of the reference torch model takes (``num_batches_tracked`` buffers are not written; pass
+    ``strict=False`` or add them). Raises :class:`WeightsError` naming a variable the table needs and
+    ``variables`` lacks.
+    """
+    flat = flatten_dict(dict(variables))
+    out: dict[str, np.ndarray] = {}
+    for key, entry in table.items():
+        if entry.path not in flat:
+            raise WeightsError(f"the variables lack {'/'.join(entry.path)}, which torch key {key!r} needs; are they "
+                               f"the variables of this architecture?")
+        array = np.array(_to_torch(np.asarray(flat[entry.path], np.float32), entry.layout), order="C")  # writable
+        if array.shape != entry.torch_shape:
+            raise WeightsError(f"variable {'/'.join(entry.path)} gives shape {array.shape} for torch key {key!r}, "
+                               f"which needs {entry.torch_shape}")
+        out[key] = array
+    return out
 
 
-@functools.lru_cache(maxsize=None)
-def vgg_key_table(depth: int, batch_norm: bool) -> Mapping[str, KeyEntry]:
-    """Key table of torchvision's ``vgg{depth}`` / ``vgg{depth}_bn``."""
-    from ..models.vgg import vgg_spec
-
-    return torch_key_table(vgg_spec(depth, batch_norm))
-
-
-def convert_resnet(state_dict: Mapping[str, Any], depth: int) -> dict:
-    """torchvision ``resnet{depth}().state_dict()`` (as arrays) -> Flax variables of :class:`~chipjax.models.resnet.ResNet`."""
-    return convert_state_dict(state_dict, resnet_key_table(depth), f"resnet{depth}")
+def with_torch_keys(spec, unit_prefix: Mapping[str, str] | None = None, ignored_prefixes: tuple[str, ...] = ()):
+    """``spec`` (an :class:`~chipjax.models.base.ArchSpec`) with its ``key_table`` derived from its module
+    names (:func:`torch_key_table`, computed once, on first use) and a ``convert`` that reads with it;
+    checkpoint keys under ``ignored_prefixes`` (e.g. an auxiliary head) are dropped before reading."""
+    table = functools.cache(lambda: torch_key_table(spec, unit_prefix))
+    convert = functools.partial(_convert_kept, table=table, arch=spec.name, ignored_prefixes=tuple(ignored_prefixes))
+    return dataclasses.replace(spec, key_table=table, convert=convert)
 
 
-def convert_vgg(state_dict: Mapping[str, Any], depth: int, batch_norm: bool = False) -> dict:
-    """torchvision ``vgg{depth}[_bn]().state_dict()`` (as arrays) -> Flax variables of :class:`~chipjax.models.vgg.VGG`."""
-    name = f"vgg{depth}_bn" if batch_norm else f"vgg{depth}"
-    return convert_state_dict(state_dict, vgg_key_table(depth, batch_norm), name)
+def _convert_kept(state_dict: Mapping[str, Any], table, arch: str, ignored_prefixes: tuple[str, ...]) -> dict:
+    kept = {k: v for k, v in state_dict.items() if not str(k).startswith(ignored_prefixes)} if ignored_prefixes \
+        else state_dict
+    return convert_state_dict(kept, table(), arch)
