@@ -19,12 +19,15 @@ from __future__ import annotations
 import os
 import textwrap
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from .errors import InputError
 from .jobs import atomic_write
+
+if TYPE_CHECKING:  # annotations only: matplotlib is imported inside the functions
+    from matplotlib.figure import Figure
 
 __all__ = [
     "overlay", "overlay_rgb", "method_grid", "curves", "channel_bars", "box_preview",

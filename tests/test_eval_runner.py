@@ -172,7 +172,7 @@ def test_sanity_layers_cascading_and_independent(lite0_small, tmp_path):
                                                              jax.tree_util.tree_leaves(one.variables[col][key])))
             assert same == (key != keys[1]), (col, key)
     settings = E.Settings(batch_size=2, num_examples=0, sanity_depth=2, bootstrap=0)
-    res = E.evaluate(lite0_small, _samples(2), "gradcam@head", None, "sanity_layers", None, str(tmp_path),
+    E.evaluate(lite0_small, _samples(2), "gradcam@head", None, "sanity_layers", None, str(tmp_path),
                      progress=False, settings=settings)
     recs = E.read_records(str(tmp_path / "records.jsonl"))
     layers = {mode: dict(pairs) for mode, pairs in recs[0]["sanity_layers"].items()}

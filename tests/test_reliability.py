@@ -800,7 +800,6 @@ def _edit_header(folder, edit) -> None:
 @pytest.fixture(scope="module")
 def round2(files):
     """Weights with NaN/Inf, overflowing logits, tampered folders, CHIP models of the wrong shape, bad JSON."""
-    import json
     import shutil
 
     import torch
@@ -1153,7 +1152,6 @@ def test_explain_overlays_the_photo_as_the_user_sees_it_and_names_ambiguous_clas
 
 
 def test_eval_reports_dropped_samples_and_skips_bad_ones_when_asked(files, tmp_path, capsys):
-    import json
     import shutil
 
     data = tmp_path / "data"
