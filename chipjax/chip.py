@@ -12,6 +12,9 @@ Every perturbed network is the same for all images (mask ``i`` comes from
 ``fold_in(key, i)``), so the mask Gram matrix ``G`` is shared and the pooled
 cross-moment of a set of images is the mean of their per-image cross-moments —
 exactly the statistics of one regression over all (mask, image) pairs.
+
+Over 500 lines on purpose: the three readings of CHIP (image-level, class-level, refined) share the
+mask stream, the solve and the map; the engine under them is :mod:`chipjax.perturb`.
 """
 from __future__ import annotations
 

@@ -34,6 +34,9 @@ activation estimate (:func:`tail_memory`) and raises
 :class:`~chipjax.errors.ResourceError` before anything runs when even one perturbed
 evaluation of the B images cannot fit. Nothing in the sweep is worth donating: the features
 stay with the caller (heat maps) and XLA updates the scan's sums in place.
+
+Over 500 lines on purpose: it is the one engine every perturbation method runs on (mask families, sites,
+the chunking rule, the memory budget, sharding, the reducers); a method only adds its weighting rule.
 """
 from __future__ import annotations
 

@@ -25,6 +25,9 @@ pickle can never call it. The stand-ins only build inert records (:class:`_Stora
 so NEWOBJ cannot instantiate them either. Tensors become numpy arrays only after the
 whole file is parsed (:func:`_materialize`), through ``as_strided`` views of their
 storage that are bounds-checked and copied.
+
+Over 500 lines on purpose: the three file formats share one unpickler and one set of stand-ins, and
+the safety argument above only holds when it can be read in one file.
 """
 from __future__ import annotations
 
