@@ -33,6 +33,7 @@ from . import stats as st
 from .errors import InputError, WeightsError
 from .heatmaps import heatmap, normalize01
 from .options import ChipOptions, FitOptions
+from .shapes import FeaturesIn, ImagesIn, Maps, MapsIn, TargetsIn
 from .tap import Tap
 
 #: CHIP's defaults, as :class:`chipjax.options.ChipOptions` declares them (written there once).
@@ -184,13 +185,13 @@ def auto_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Arr
     return ImageFit(weights=W, num_masks=used, stability=predicted)
 
 
-def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = DEFAULTS["seed"],
+def chip_maps(tap: Tap, x: ImagesIn, targets: TargetsIn, *, seed: int = DEFAULTS["seed"],
               num_masks: int | str = DEFAULTS["num_masks"], keep_prob: float = DEFAULTS["keep_prob"],
               lam_ratio: float = DEFAULTS["lam_ratio"], score: str = DEFAULTS["score"],
               nonneg: bool = DEFAULTS["nonneg"], design: str = DEFAULTS["design"], chunk_size: int | None = None,
               features: jax.Array | None = None, memory_budget: int | None = None,
               stability: float = AUTO["stability"], max_masks: int = AUTO["max_masks"],
-              compute_dtype=None) -> jax.Array:
+              compute_dtype=None) -> Maps:
     """Image-level CHIP heat maps.
 
     Args:
@@ -223,8 +224,8 @@ def chip_maps(tap: Tap, x: jax.Array, targets: jax.Array, *, seed: int = DEFAULT
     return chip_maps_with(tap, x, targets, options, features)
 
 
-def chip_maps_with(tap: Tap, x: jax.Array, targets: jax.Array, options: ChipOptions,
-                   features: jax.Array | None = None) -> jax.Array:
+def chip_maps_with(tap: Tap, x: ImagesIn, targets: TargetsIn, options: ChipOptions,
+                   features: FeaturesIn | None = None) -> Maps:
     """:func:`chip_maps` with its options already checked (``cj.explain`` checks them once, at its entry).
 
     Args:
@@ -257,7 +258,7 @@ def batch_arrays(batch) -> tuple[Any, Any]:
     return batch, None
 
 
-def fuse_maps(maps: Sequence[jax.Array], fusion: str = "geometric") -> jax.Array:
+def fuse_maps(maps: Sequence[MapsIn], fusion: str = "geometric") -> Maps:
     """Fuse per-layer maps ``L × (B, S, S)`` in [0, 1] into one ``(B, S, S)`` map in [0, 1].
 
     ``geometric``: element-wise product, L-th root (geometric mean); ``mean``; ``max``.
@@ -332,12 +333,12 @@ class CHIP:
                       seed=seed)
         return fitter.to_model(model.name, config)
 
-    def explain(self, model, x: jax.Array, targets: jax.Array) -> jax.Array:
+    def explain(self, model, x: ImagesIn, targets: TargetsIn) -> Maps:
         """``(B, S, S)`` maps of ``targets (B,)`` with one forward pass."""
         self.check_compatible(model)
         return self.explain_features(model.tap(self.layer).head(x), targets, x.shape[1:3])
 
-    def explain_features(self, features: jax.Array, targets: jax.Array, size: tuple[int, int]) -> jax.Array:
+    def explain_features(self, features: FeaturesIn, targets: TargetsIn, size: tuple[int, int]) -> Maps:
         """``(B, *size)`` maps of ``targets (B,)`` from the layer's ``features (B, H, W, K)`` (no network run)."""
         self.check_fitted(targets)
         w = jnp.take(self.weights, jnp.asarray(targets, jnp.int32), axis=1).T  # (B, K)

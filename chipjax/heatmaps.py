@@ -9,8 +9,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .shapes import ChannelWeights, FeaturesIn, LayerMaps, LayerMapsIn, Maps, MapsIn
 
-def weighted_channel_sum(features: jax.Array, weights: jax.Array) -> jax.Array:
+
+def weighted_channel_sum(features: FeaturesIn, weights: ChannelWeights | FeaturesIn) -> LayerMaps:
     """``Σ_k weights[b, k] · features[b, ..., k]``.
 
     Args:
@@ -24,13 +26,13 @@ def weighted_channel_sum(features: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sum(features * weights, axis=-1)
 
 
-def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
+def upsample(maps: LayerMapsIn, size: tuple[int, int]) -> Maps:
     """Bilinear upsampling (half-pixel centres, like ``align_corners=False``) of ``(B, h, w)`` to ``(B, *size)``."""
     b = maps.shape[0]
     return jax.image.resize(maps, (b,) + tuple(size), method="bilinear", antialias=False)
 
 
-def normalize01(maps: jax.Array) -> jax.Array:
+def normalize01(maps: MapsIn) -> Maps:
     """Per-map min-max scaling of ``(B, H, W)`` to [0, 1]; a constant map becomes zeros (never NaN)."""
     maps = jnp.nan_to_num(maps, nan=0.0, posinf=0.0, neginf=0.0)
     lo = maps.min(axis=(1, 2), keepdims=True)
@@ -53,7 +55,7 @@ def power_of_two_scale(x: jax.Array) -> jax.Array:
     return jnp.ldexp(x, -exponent)
 
 
-def heatmap(features: jax.Array, weights: jax.Array, size: tuple[int, int]) -> jax.Array:
+def heatmap(features: FeaturesIn, weights: ChannelWeights | FeaturesIn, size: tuple[int, int]) -> Maps:
     """``normalize01(upsample(ReLU(Σ_k w_k A_k)))``: ``(B, H, W, K), (B, K) -> (B, *size)`` in [0, 1].
 
     Features and weights are first scaled per image by powers of two (:func:`power_of_two_scale`),

@@ -9,12 +9,13 @@ import numpy as np
 
 from .errors import InputError
 from .options import RefinedChipOptions, for_method, option_names
+from .shapes import ImagesIn, Logits, Maps, Targets
 from .tap import Tap
 
 METHODS = ("chip", "refined-chip", "cam", "gradcam", "gradcam++", "scorecam", "ablationcam", "rise")
 
 
-def resolve_targets(target, logits: jax.Array, labels: Sequence[str] | None = None) -> jax.Array:
+def resolve_targets(target, logits: Logits, labels: Sequence[str] | None = None) -> Targets:
     """Class per image: ``None`` -> top-1 of ``logits (B, C)``; an int, a class name, or a sequence of them (B,).
 
     Raises :class:`InputError` for an index outside ``[0, C)`` or an unknown class name.
@@ -82,8 +83,8 @@ class Explanation(NamedTuple):
     targets: jax.Array
 
 
-def explain(model, x: jax.Array, method: str = "chip", layer: str | Sequence[str] | None = None, target=None,
-            **options: Any) -> jax.Array:
+def explain(model, x: ImagesIn, method: str = "chip", layer: str | Sequence[str] | None = None, target=None,
+            **options: Any) -> Maps:
     """Heat maps of ``x (B, S, S, 3)`` for ``target`` at ``layer`` by ``method``.
 
     Args:
@@ -119,7 +120,7 @@ def explain(model, x: jax.Array, method: str = "chip", layer: str | Sequence[str
     return explain_details(model, x, method, layer, target, **options).maps
 
 
-def explain_details(model, x: jax.Array, method: str = "chip", layer: str | Sequence[str] | None = None, target=None,
+def explain_details(model, x: ImagesIn, method: str = "chip", layer: str | Sequence[str] | None = None, target=None,
                     **options: Any) -> Explanation:
     """:func:`explain`, also returning the unperturbed logits and the targets (:class:`Explanation`).
 

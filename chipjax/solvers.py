@@ -49,6 +49,7 @@ from jax import lax
 
 from . import stats as _stats
 from .errors import InputError
+from .shapes import CrossIn, GramIn, LassoWeights, PerClass, Scalar
 
 _HIGHEST = lax.Precision.HIGHEST
 _POWER_ITERS = 100
@@ -77,7 +78,7 @@ class LassoInfo(NamedTuple):
     lipschitz: jax.Array
 
 
-def lambda_max(R: jax.Array, nonneg: bool = False) -> jax.Array:
+def lambda_max(R: CrossIn, nonneg: bool = False) -> PerClass:
     """``(C,)`` smallest λ per class at which the lasso solution is all zero.
 
     ``max_k |R[k, c]|``, or ``max_k max(R[k, c], 0)`` for the non-negative lasso. ``R (K, C)``.
@@ -88,7 +89,7 @@ def lambda_max(R: jax.Array, nonneg: bool = False) -> jax.Array:
     return _lambda_max(R, nonneg)
 
 
-def top_eigenvalue(G: jax.Array, num_iters: int = _POWER_ITERS) -> jax.Array:
+def top_eigenvalue(G: GramIn, num_iters: int = _POWER_ITERS) -> Scalar:
     """``()`` largest eigenvalue of a symmetric PSD ``G (K, K)`` by power iteration (a lower bound, close)."""
     G = jnp.asarray(G)
     if G.ndim != 2 or G.shape[0] != G.shape[1]:
@@ -97,16 +98,16 @@ def top_eigenvalue(G: jax.Array, num_iters: int = _POWER_ITERS) -> jax.Array:
 
 
 def lasso(
-    G: jax.Array,
-    R: jax.Array,
+    G: GramIn,
+    R: CrossIn,
     lam,
     nonneg: bool = False,
-    W0: jax.Array | None = None,
+    W0: CrossIn | None = None,
     max_iter: int = 5000,
     tol: float = 1e-7,
     y_var: jax.Array | None = None,
     lipschitz: jax.Array | None = None,
-) -> jax.Array:
+) -> LassoWeights:
     """Multi-output lasso from sufficient statistics; returns ``W (K, C)``.
 
     Args:
@@ -131,16 +132,16 @@ def lasso(
 
 
 def lasso_with_info(
-    G: jax.Array,
-    R: jax.Array,
+    G: GramIn,
+    R: CrossIn,
     lam,
     nonneg: bool = False,
-    W0: jax.Array | None = None,
+    W0: CrossIn | None = None,
     max_iter: int = 5000,
     tol: float = 1e-7,
     y_var: jax.Array | None = None,
     lipschitz: jax.Array | None = None,
-) -> tuple[jax.Array, LassoInfo]:
+) -> tuple[LassoWeights, LassoInfo]:
     """:func:`lasso`, also returning :class:`LassoInfo` (iterations, relative gaps, convergence, L)."""
     G, R, lam, W0, y_var = _checked_problem(G, R, lam, W0, y_var)
     _check_controls(max_iter, tol)

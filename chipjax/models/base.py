@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import InputError, WeightsError
+from ..shapes import Images, ImagesIn, Logits
 from ..tap import Tap, resolve_layer
 
 Variables = Mapping[str, Any]
@@ -93,7 +94,7 @@ class Model:
     def _apply_range(self, variables: Variables, x: jax.Array, start: int = 0, stop: int | None = None):
         return self.module.apply(variables, x, start=start, stop=stop)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: ImagesIn) -> Logits:
         """Logits ``(B, num_classes)`` of preprocessed images ``(B, S, S, 3)``."""
         x = check_images(x)
         return self._apply(self.variables, x)
@@ -166,12 +167,12 @@ class Model:
 
         return self.spec.view(to_rgb_uint8(image))
 
-    def preprocess(self, image) -> jax.Array:
+    def preprocess(self, image) -> Images:
         """PIL image, path or uint8 ``(H, W, 3)`` array -> float32 ``(1, S, S, 3)``."""
         return jnp.asarray(self.spec.normalize(self.view(image))[None])
 
 
-def check_images(x) -> jax.Array:
+def check_images(x) -> Images:
     """Validate a batch of preprocessed images: float ``(B, H, W, 3)`` with B, H, W ≥ 1, finite."""
     try:
         x = jnp.asarray(x)
