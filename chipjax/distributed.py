@@ -43,10 +43,8 @@ import json
 from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from . import stats as st
 from .errors import InputError
 from .options import FitOptions
 
@@ -116,14 +114,6 @@ def allgather(tree: Any) -> Any:
     from jax.experimental import multihost_utils
 
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(jax.tree.map(np.asarray, tree)))
-
-
-def merge_stats(stats: st.Stats) -> st.Stats:
-    """Pool :class:`~chipjax.stats.Stats` held by every process (same shapes) into one, on every process.
-
-    :func:`chipjax.stats.merge_many` of the all-gathered stats (exact up to rounding).
-    """
-    return st.merge_many(st.Stats(*(jnp.asarray(f) for f in allgather(stats))))
 
 
 def merge_class_statistics(accumulator) -> Any:
