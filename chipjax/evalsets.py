@@ -43,6 +43,7 @@ from .errors import ImageError, InputError
 from .samples import Sample
 
 __all__ = [
+    "coloured_squares",
     "photo_entries",
     "background_entries",
     "bundled_photo",
@@ -422,3 +423,24 @@ if __name__ == "__main__":
     import sys
 
     save_preview(sys.argv[1] if len(sys.argv) > 1 else "photo_boxes_preview.png")
+
+
+def coloured_squares(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A toy set for training tiny networks (the tutorials): ``n`` images, each one red (label 0) or blue
+    (label 1) square of side ``size // 4`` to ``size // 4 + 3`` pixels on a grey noise background.
+
+    Returns images ``(n, size, size, 3)`` float32 in [0, 1], labels ``(n,)`` int, boxes ``(n, 4)``
+    ``(x0, y0, x1, y1)`` of each square (exclusive ends); the same ``seed`` gives the same set.
+    """
+    if n < 1 or size < 8:
+        raise InputError(f"coloured_squares needs n >= 1 and size >= 8; got n={n}, size={size}")
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.3, 0.7, (n, size, size, 3)).astype(np.float32)
+    labels = rng.integers(0, 2, n)
+    boxes = np.zeros((n, 4), np.float32)
+    for i in range(n):
+        side = int(rng.integers(size // 4, size // 4 + 4))
+        x0, y0 = rng.integers(0, size - side, 2)
+        images[i, y0:y0 + side, x0:x0 + side] = (0.9, 0.1, 0.1) if labels[i] == 0 else (0.1, 0.1, 0.9)
+        boxes[i] = (x0, y0, x0 + side, y0 + side)
+    return images, labels, boxes

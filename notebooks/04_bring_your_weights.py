@@ -65,7 +65,7 @@ import numpy as np
 import skimage.data
 
 import chipjax as cj
-from chipjax import metrics, viz
+from chipjax import evalsets, metrics, viz
 
 work = pathlib.Path(tempfile.mkdtemp(prefix="chipjax-04-"))
 try:
@@ -197,22 +197,8 @@ class TinyCNN(nn.Module):
         return nn.Dense(2, name="classifier")(x.mean(axis=(1, 2)))
 
 
-def squares(n: int, seed: int):
-    """n images (n, 32, 32, 3) in [0, 1], labels (n,), boxes (n, 4): one 8-11 px red or blue square each."""
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(0.3, 0.7, (n, 32, 32, 3)).astype(np.float32)
-    labels = rng.integers(0, 2, n)
-    boxes = np.zeros((n, 4), np.float32)
-    for i in range(n):
-        side = int(rng.integers(8, 12))
-        x0, y0 = rng.integers(0, 32 - side, 2)
-        images[i, y0:y0 + side, x0:x0 + side] = (0.9, 0.1, 0.1) if labels[i] == 0 else (0.1, 0.1, 0.9)
-        boxes[i] = (x0, y0, x0 + side, y0 + side)
-    return images, labels, boxes
-
-
 module = TinyCNN()
-train_x, train_y, _ = squares(512, seed=0)
+train_x, train_y, _ = evalsets.coloured_squares(512, seed=0)
 variables = module.init(jax.random.PRNGKey(0), train_x[:1])
 optimizer = optax.adam(3e-3)
 opt_state = optimizer.init(variables)
@@ -231,7 +217,7 @@ def train_step(variables, opt_state, xb, yb):
 for step in range(60):
     batch = np.random.default_rng(step).choice(len(train_x), 32, replace=False)
     variables, opt_state, loss = train_step(variables, opt_state, train_x[batch], train_y[batch])
-test_x, test_y, test_boxes = squares(8, seed=1)
+test_x, test_y, test_boxes = evalsets.coloured_squares(8, seed=1)
 accuracy = float((module.apply(variables, test_x).argmax(-1) == test_y).mean())
 print(f"loss {float(loss):.3f}, accuracy on 8 new images {accuracy:.2f}")
 

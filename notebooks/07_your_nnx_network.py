@@ -43,7 +43,7 @@ import optax
 from flax import nnx
 
 import chipjax as cj
-from chipjax import metrics, viz
+from chipjax import evalsets, metrics, viz
 
 
 # %%
@@ -72,23 +72,9 @@ class SquaresNet(nnx.Module):
         return self.classifier(x.mean(axis=(1, 2)))
 
 
-def squares(n: int, seed: int):
-    """n images (n, 32, 32, 3) in [0, 1], labels (n,), boxes (n, 4): one 8-11 px red or blue square each."""
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(0.3, 0.7, (n, 32, 32, 3)).astype(np.float32)
-    labels = rng.integers(0, 2, n)
-    boxes = np.zeros((n, 4), np.float32)
-    for i in range(n):
-        side = int(rng.integers(8, 12))
-        x0, y0 = rng.integers(0, 32 - side, 2)
-        images[i, y0:y0 + side, x0:x0 + side] = (0.9, 0.1, 0.1) if labels[i] == 0 else (0.1, 0.1, 0.9)
-        boxes[i] = (x0, y0, x0 + side, y0 + side)
-    return images, labels, boxes
-
-
 net = SquaresNet(nnx.Rngs(0))
 optimizer = nnx.Optimizer(net, optax.adam(3e-3), wrt=nnx.Param)
-train_x, train_y, _ = squares(512, seed=0)
+train_x, train_y, _ = evalsets.coloured_squares(512, seed=0)
 
 
 @nnx.jit
@@ -105,7 +91,7 @@ for step in range(STEPS):
     batch = np.random.default_rng(step).choice(len(train_x), 32, replace=False)
     loss = train_step(net, optimizer, train_x[batch], train_y[batch])
 net.eval()  # batch norm on its running statistics (chipjax would use them anyway, on a copy)
-test_x, test_y, test_boxes = squares(8, seed=1)
+test_x, test_y, test_boxes = evalsets.coloured_squares(8, seed=1)
 print(f"loss {float(loss):.3f}, accuracy on 8 new images {float((net(test_x).argmax(-1) == test_y).mean()):.2f}")
 
 # %% [markdown]

@@ -195,3 +195,18 @@ def test_save_preview_writes_a_small_png(tmp_path):
     image = Image.open(path)
     assert image.format == "PNG" and image.size[0] > 50
     assert path.stat().st_size < 400_000
+
+
+def test_coloured_squares_boxes_enclose_exactly_the_square_of_the_label_colour():
+    images, labels, boxes = ev.coloured_squares(12, seed=3, size=40)
+    assert images.shape == (12, 40, 40, 3) and images.dtype == np.float32 and labels.shape == (12,)
+    assert set(labels.tolist()) <= {0, 1}
+    for image, label, box in zip(images, labels, boxes):
+        colour = (0.9, 0.1, 0.1) if label == 0 else (0.1, 0.1, 0.9)
+        rows, cols = np.nonzero(np.all(np.isclose(image, colour), axis=-1))  # the background is in [0.3, 0.7]
+        np.testing.assert_array_equal(box, [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+        assert 10 <= box[2] - box[0] <= 13 and box[2] - box[0] == box[3] - box[1]
+    again = ev.coloured_squares(12, seed=3, size=40)
+    np.testing.assert_array_equal(again[0], images)
+    with pytest.raises(InputError, match="coloured_squares"):
+        ev.coloured_squares(0, seed=0)
