@@ -282,3 +282,23 @@ def test_bf16_halves_the_per_evaluation_estimate(conv_problem):
 def test_default_chunk_is_about_256_evaluations_and_at_most_the_mask_count():
     assert perturb.default_chunk(1000, 4) == 64
     assert perturb.default_chunk(10, 1) == 10
+
+
+def test_heavy_tails_take_small_steps_on_cpu_only():
+    """XLA's cost analysis decides: a tail of ≥ HEAVY_TAIL_FLOPS per evaluation gets HEAVY_TAIL_EVALS per step on CPU."""
+    light = jnp.ones((64, 10))
+    heavy = jnp.ones((64, 4096))
+    light_tail = lambda v, a: a.mean(axis=(1, 2)) @ v  # noqa: E731  (a few kFLOP per evaluation)
+    heavy_tail = lambda v, a: jax.nn.relu(a @ v).mean(axis=(1, 2))  # noqa: E731  (16·16·64·4096·2 ≈ 134 MFLOP)
+    features = jnp.ones((2, 16, 16, 64))
+    assert perturb.tail_flops(heavy_tail, heavy, features) >= perturb.HEAVY_TAIL_FLOPS
+    assert perturb.tail_flops(light_tail, light, features) < perturb.HEAVY_TAIL_FLOPS
+    assert perturb.cpu_evals_per_step(heavy_tail, heavy, features, "cpu") == perturb.HEAVY_TAIL_EVALS
+    assert perturb.cpu_evals_per_step(light_tail, light, features, "cpu") == 256
+    assert perturb.cpu_evals_per_step(heavy_tail, heavy, features, "gpu") == 256
+    # the chunk changes the step, never the statistics
+    key = jax.random.PRNGKey(0)
+    small = perturb.shared_perturbation_stats(heavy_tail, heavy, features, key, num_masks=40, score="logit")
+    big = perturb.shared_perturbation_stats(heavy_tail, heavy, features, key, num_masks=40, score="logit", chunk=40)
+    for a, b in zip(small, big):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-3)
