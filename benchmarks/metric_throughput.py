@@ -42,7 +42,6 @@ def main(argv=None) -> int:
     import dataclasses
 
     import jax
-    import jax.numpy as jnp
 
     from chipjax import evalsets
     from chipjax import metrics as M
