@@ -20,19 +20,14 @@ import sys
 from benchmarks import common
 
 CHILD = r"""
-import json, os, sys, threading, time
-import jax, jax.numpy as jnp, numpy as np
+import json, sys
+import jax, numpy as np
 import chipjax as cj
 from chipjax.chip import ClassStatsAccumulator
 from chipjax.tap import Tap
+from benchmarks.common import peak_rss_growth
 
 images, masks, batch = int(sys.argv[1]), int(sys.argv[2]), 8
-page = os.sysconf("SC_PAGE_SIZE")
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * page
-
 model = cj.load_model("efficientnet_lite0", weights=None, seed=0)
 tap = model.tap("head")
 A = jax.block_until_ready(tap.head(jax.random.normal(jax.random.PRNGKey(0), (batch, 224, 224, 3))))
@@ -40,24 +35,16 @@ on_features = Tap(layer=tap.layer, head_fn=lambda v, a: a, tail_fn=tap.tail_fn, 
 acc = ClassStatsAccumulator(on_features, num_masks=masks, keep_prob=0.5, score="prob", seed=0, chunk_size=256)
 labels = lambda i: (np.arange(batch) + batch * i) % 50          # 50 classes seen
 acc.add(A, labels(0)); acc.block_until_ready()
-peak, done = [0], threading.Event()
 
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], rss())
-        time.sleep(0.001)
 
-before = rss()
-thread = threading.Thread(target=sample, daemon=True)
-thread.start()
-start = time.perf_counter()
-for i in range(1, images // batch):
-    acc.add(A * (1.0 + 0.01 * i), labels(i))
-acc.block_until_ready()
-seconds = time.perf_counter() - start
-done.set(); thread.join()
-peak[0] = max(peak[0], rss())
-print(json.dumps(dict(growth=peak[0] - before, before=before, seconds=seconds)))
+def add_the_rest():
+    for i in range(1, images // batch):
+        acc.add(A * (1.0 + 0.01 * i), labels(i))
+    acc.block_until_ready()
+
+
+growth, before, seconds = peak_rss_growth(add_the_rest)
+print(json.dumps(dict(growth=growth, before=before, seconds=seconds)))
 """
 
 

@@ -21,6 +21,39 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 # ------------------------------------------------------------------------------------------------
+# Memory
+# ------------------------------------------------------------------------------------------------
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_growth(fn: Callable[[], Any], every: float = 0.001) -> tuple[int, int, float]:
+    """Run ``fn()`` while a thread samples RSS every ``every`` s: ``(peak − before, before, seconds)`` in bytes."""
+    import threading
+
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(every)
+
+    before = rss_bytes()
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    done.set()
+    thread.join()
+    return max(peak[0], rss_bytes()) - before, before, seconds
+
+
+# ------------------------------------------------------------------------------------------------
 # Timing
 # ------------------------------------------------------------------------------------------------
 

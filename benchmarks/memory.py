@@ -27,18 +27,13 @@ import sys
 from benchmarks import common
 
 CHILD = r"""
-import json, os, resource, sys, threading, time
+import json, resource, sys
 import jax, jax.numpy as jnp
 import chipjax as cj
 from chipjax import perturb
+from benchmarks.common import peak_rss_growth
 
 name, layer, batch, num_masks, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-page = os.sysconf("SC_PAGE_SIZE")
-
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * page
-
 model = cj.load_model(name, weights=None)
 tap = model.tap(layer)
 A = jax.block_until_ready(tap.head(jnp.ones((batch, model.input_size, model.input_size, 3), jnp.float32)))
@@ -51,23 +46,9 @@ sweep = perturb._shared_stats_jit.lower(tap.tail_fn, tap.variables, A, key, clas
                                         devices=devices, gram_mode=perturb.mask_gram_mode(devices[0].platform),
                                         K=A.shape[-1]).compile()
 need = perturb.tail_memory(tap.tail_fn, tap.variables, A, num_classes=1)
-peak, done = [0], threading.Event()
-
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], rss())
-        time.sleep(0.001)
-
-before = rss()
-thread = threading.Thread(target=sample, daemon=True)
-thread.start()
-start = time.perf_counter()
-jax.block_until_ready(sweep(tap.variables, A, key, classes, None))
-seconds = time.perf_counter() - start
-done.set(); thread.join()
-peak[0] = max(peak[0], rss())
+growth, _, seconds = peak_rss_growth(lambda: jax.block_until_ready(sweep(tap.variables, A, key, classes, None, jnp.int32(0))))
 estimate = need.fixed + chunk * (batch * need.per_eval + need.per_mask)
-print(json.dumps(dict(sweep=peak[0] - before, process=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+print(json.dumps(dict(sweep=growth, process=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                       estimate=estimate, seconds=seconds)))
 """
 
