@@ -12,10 +12,6 @@ With statistics only, it must not grow with the number of images or masks.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 
 from benchmarks import common
 
@@ -49,12 +45,7 @@ print(json.dumps(dict(growth=growth, before=before, seconds=seconds)))
 
 
 def measure(images: int, masks: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(images), str(masks)], capture_output=True, text=True,
-                          env=env, timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory child failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return common.run_child(CHILD, images, masks)
 
 
 def main(argv=None):

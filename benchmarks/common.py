@@ -31,6 +31,19 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def run_child(code: str, *args: Any, timeout: float = 3600) -> dict:
+    """Run ``code`` in a fresh Python (this repository importable) with ``args``; its last stdout line as JSON."""
+    import json
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def peak_rss_growth(fn: Callable[[], Any], every: float = 0.001) -> tuple[int, int, float]:
     """Run ``fn()`` while a thread samples RSS every ``every`` s: ``(peak − before, before, seconds)`` in bytes."""
     import threading

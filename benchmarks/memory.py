@@ -19,10 +19,6 @@ streamed; no per-mask array is kept).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 
 from benchmarks import common
 
@@ -54,12 +50,7 @@ print(json.dumps(dict(sweep=growth, process=resource.getrusage(resource.RUSAGE_S
 
 
 def measure(name: str, layer: str, batch: int, num_masks: int, chunk: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", CHILD, name, layer, str(batch), str(num_masks), str(chunk)],
-                          capture_output=True, text=True, env=env, timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory child failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return common.run_child(CHILD, name, layer, batch, num_masks, chunk)
 
 
 def main(argv=None):
