@@ -171,8 +171,8 @@ def check_option(name: str, value: Any) -> Any:
     if spec.kind == "int":
         if isinstance(value, (int, np.integer)):
             number = int(value)
-        elif isinstance(value, str) and _int_or_none(value) is not None:
-            number = _int_or_none(value)
+        elif isinstance(value, str) and (parsed := _int_or_none(value)) is not None:
+            number = parsed
         elif isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
             number = int(value)
         else:

@@ -99,7 +99,11 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def default_chunk(num_masks: int, batch: int, evals_per_step: int = 256) -> int:
+#: perturbed evaluations per step when neither a chunk nor a memory budget is given (light tails, GPU/TPU)
+DEFAULT_EVALS_PER_STEP = 256
+
+
+def default_chunk(num_masks: int, batch: int, evals_per_step: int = DEFAULT_EVALS_PER_STEP) -> int:
     """A chunk of about ``evals_per_step`` perturbed evaluations per step."""
     return max(1, min(num_masks, math.ceil(evals_per_step / max(1, batch))))
 
@@ -109,7 +113,7 @@ def default_chunk(num_masks: int, batch: int, evals_per_step: int = 256) -> int:
 #: (ms per evaluation, 16 vs 256 per step): ResNet-50 ``layer3`` (1.5 GFLOP) 11.6 vs 15.9, Lite0
 #: ``blocks.15.expand`` (81 MFLOP) 0.57 vs 0.68; at B = 8: 14.8 vs 17.1 and 0.57 vs 0.63. Light tails (ResNet-50
 #: ``layer4``, Lite0 ``head``: 3–4 MFLOP, per-step overheads dominate) keep 256: at B = 8 smaller steps cost
-#: them 10–30 %. On GPU/TPU every tail keeps 256.
+#: them 10–30 %. On GPU/TPU every tail keeps :data:`DEFAULT_EVALS_PER_STEP`.
 HEAVY_TAIL_FLOPS = 5e7
 HEAVY_TAIL_EVALS = 16
 _TAIL_FLOPS: dict = {}
@@ -125,9 +129,8 @@ def tail_flops(tail_fn: Callable, variables: Any, features: jax.Array) -> float 
         if len(_TAIL_FLOPS) >= 256:  # taps made on the fly (lambdas): keep the cache bounded
             _TAIL_FLOPS.clear()
         spec = jax.ShapeDtypeStruct((1, *features.shape[1:]), features.dtype)
-        shapes = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in leaves])
         try:
-            cost = jax.jit(tail_fn).lower(shapes, spec).cost_analysis()
+            cost = jax.jit(tail_fn).lower(_abstract(variables, None), spec).cost_analysis()
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
             _TAIL_FLOPS[key] = float(cost["flops"]) if cost and "flops" in cost else None
         except Exception:  # a backend without cost analysis: no rule, the default chunk
@@ -136,11 +139,12 @@ def tail_flops(tail_fn: Callable, variables: Any, features: jax.Array) -> float 
 
 
 def cpu_evals_per_step(tail_fn: Callable, variables: Any, features: jax.Array, platform: str) -> int:
-    """Default perturbed evaluations per step: :data:`HEAVY_TAIL_EVALS` for a heavy tail on CPU, else 256."""
+    """Default perturbed evaluations per step: :data:`HEAVY_TAIL_EVALS` for a heavy tail on CPU, else
+    :data:`DEFAULT_EVALS_PER_STEP`."""
     if platform != "cpu":
-        return 256
+        return DEFAULT_EVALS_PER_STEP
     flops = tail_flops(tail_fn, variables, features)
-    return HEAVY_TAIL_EVALS if flops is not None and flops >= HEAVY_TAIL_FLOPS else 256
+    return HEAVY_TAIL_EVALS if flops is not None and flops >= HEAVY_TAIL_FLOPS else DEFAULT_EVALS_PER_STEP
 
 
 def masks_per_step(evals_per_step: int, batch: int) -> int:
@@ -274,7 +278,8 @@ def perturbation_stats(tail_fn: Callable, variables: Any, features: jax.Array, k
       num_masks: N perturbed networks (≤ 2²⁴).
       chunk: masks per step, each step running ``chunk · B`` tail evaluations (peak
         memory ≈ ``chunk · B`` tail activations). Default: from ``memory_budget`` if
-        given, else :func:`default_chunk`. With a budget too, the smaller of the two.
+        given, else :func:`default_chunk` of :func:`cpu_evals_per_step` evaluations. With a budget too,
+        the smaller of the two.
       keep_prob, design: see :func:`sample_masks`.
       score: ``prob`` | ``logit`` | ``logprob``.
       classes: optional ``(B, C')`` int classes to keep per image (default: all C).

@@ -22,3 +22,18 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def small_cnn():
+    """A user's own small Flax CNN (conv1 8 ch, conv2 16 ch stride 2, fc 5 classes on the pooled map)."""
+    import flax.linen as nn
+
+    class SmallCNN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x))
+            x = nn.relu(nn.Conv(16, (3, 3), strides=2, name="conv2")(x))
+            return nn.Dense(5, name="fc")(x.mean(axis=(1, 2)))
+
+    return SmallCNN()

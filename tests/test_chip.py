@@ -193,17 +193,8 @@ def test_class_level_fit_recovers_each_class_and_round_trips(tmp_path):
     assert back.layer == "features" and back.arch == "toy"
 
 
-def test_user_flax_module_explained_by_layer_name():
-    import flax.linen as nn
-
-    class SmallCNN(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            x = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x))
-            x = nn.relu(nn.Conv(16, (3, 3), strides=2, name="conv2")(x))
-            return nn.Dense(5, name="fc")(x.mean(axis=(1, 2)))
-
-    module = SmallCNN()
+def test_user_flax_module_explained_by_layer_name(small_cnn):
+    module = small_cnn
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
     variables = module.init(jax.random.PRNGKey(1), x)
     tap = cj.tap_module(module, "conv2", x, variables)

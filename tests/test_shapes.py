@@ -1,7 +1,6 @@
 """The shape-annotated public signatures (chipjax.shapes): they resolve, and calls satisfy them at run time."""
 import typing
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,22 +49,14 @@ def test_public_signature_names_its_array_shapes(fn):
         assert all(t.dim_str for t in found) or name == "return" and fn is solvers.top_eigenvalue
 
 
-class _SmallCNN(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x))
-        x = nn.relu(nn.Conv(16, (3, 3), strides=2, name="conv2")(x))
-        return nn.Dense(5, name="fc")(x.mean(axis=(1, 2)))
-
-
 def checked(fn):
     """``fn`` with its annotations enforced (shapes consistent across arguments and the result)."""
     return jaxtyped(typechecker=beartype)(fn)
 
 
 @pytest.fixture(scope="module")
-def small_tap():
-    module = _SmallCNN()
+def small_tap(small_cnn):
+    module = small_cnn
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 12, 3))
     return cj.tap_module(module, "conv2", x, module.init(jax.random.PRNGKey(1), x)), x
 
