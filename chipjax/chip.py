@@ -45,8 +45,11 @@ SOLVER_TOL = 1e-6
 
 #: ``num_masks="auto"``: masks per round, the stability to reach and the most masks drawn.
 AUTO = dict(round_masks=256, stability=ChipOptions.stability, max_masks=ChipOptions.max_masks)
-#: FISTA iterations of each stopping check of ``num_masks="auto"`` (warm-started).
+#: FISTA iterations and relative duality gap of each stopping check of ``num_masks="auto"`` (warm-started):
+#: a check needs the map, not the last digit of W (scikit-learn's default tolerance, 1e-4, gives the same
+#: maps as 1e-6: benchmarks/RESULTS.md, issue 10).
 AUTO_CHECK_ITERS = 300
+AUTO_CHECK_TOL = 1e-4
 
 log = logging.getLogger("chipjax")
 
@@ -67,7 +70,7 @@ class ImageFit(NamedTuple):
 
 
 def solve_shared(stats: st.Stats, lam_ratio: float, *, nonneg: bool = False, lipschitz: jax.Array | None = None,
-                 W0: jax.Array | None = None, max_iter: int = 5000) -> jax.Array:
+                 W0: jax.Array | None = None, max_iter: int = 5000, tol: float = SOLVER_TOL) -> jax.Array:
     """Image-level CHIP weights of B images from shared-layout statistics: ONE multi-output lasso.
 
     Every image saw the same masks, so they share ``G (K, K)``; image b's target scores give
@@ -77,7 +80,7 @@ def solve_shared(stats: st.Stats, lam_ratio: float, *, nonneg: bool = False, lip
       stats: :data:`chipjax.perturb.SHARED_AXES` layout with one class per image
         (``cross_comoment (B, K, 1)``).
       lipschitz: the top eigenvalue of ``G`` if known (cached per mask stream), else computed.
-      W0: ``(B, K)`` warm start; max_iter: most FISTA iterations.
+      W0: ``(B, K)`` warm start; max_iter: most FISTA iterations; tol: relative duality gap to stop at.
     Returns:
       ``(B, K)``.
     """
@@ -85,7 +88,7 @@ def solve_shared(stats: st.Stats, lam_ratio: float, *, nonneg: bool = False, lip
     R = st.cross(stats)[..., 0].T  # (K, B)
     y_var = st.score_var(stats)[:, 0]  # (B,)
     lam = float(lam_ratio) * solvers.lambda_max(R, nonneg=nonneg)
-    return solvers.lasso(G, R, lam, nonneg=nonneg, tol=SOLVER_TOL, y_var=y_var, lipschitz=lipschitz,
+    return solvers.lasso(G, R, lam, nonneg=nonneg, tol=tol, y_var=y_var, lipschitz=lipschitz,
                          W0=None if W0 is None else W0.T, max_iter=max_iter).T
 
 
@@ -155,9 +158,9 @@ def auto_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Arr
     Args:
       size: the map size ``(S, S)``; options: as :func:`image_weights` (not ``num_masks``).
 
-    The halves' checks solve at most :data:`AUTO_CHECK_ITERS` FISTA iterations, each warm-started
-    from the half's previous solution (a stopping test needs the map, not the last digit of W);
-    the final weights are solved to :data:`SOLVER_TOL`.
+    The halves' checks solve to :data:`AUTO_CHECK_TOL` in at most :data:`AUTO_CHECK_ITERS` FISTA
+    iterations, each warm-started from the half's previous solution (a stopping test needs the map,
+    not the last digit of W); the final weights are solved to :data:`SOLVER_TOL`.
     """
     if not 0.0 < float(stability) < 1.0:
         raise InputError(f"stability must lie strictly between 0 and 1, got {stability!r}")
@@ -174,7 +177,8 @@ def auto_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Arr
             part = perturb.shared_perturbation_stats(tap.tail_fn, tap.variables, features, key, num_masks=round_masks,
                                                      classes=targets[:, None], first=used, **options)
             halves[h] = part if halves[h] is None else _merge_shared(halves[h], part)
-            checks[h] = solve_shared(halves[h], lam_ratio, nonneg=nonneg, W0=checks[h], max_iter=AUTO_CHECK_ITERS)
+            checks[h] = solve_shared(halves[h], lam_ratio, nonneg=nonneg, W0=checks[h], max_iter=AUTO_CHECK_ITERS,
+                                     tol=AUTO_CHECK_TOL)
             used += round_masks
         predicted = split_half_stability(*(heatmap(features, W, size) for W in checks))
         if predicted.min() >= stability or used + 2 * round_masks > max_masks:

@@ -113,7 +113,10 @@ def default_chunk(num_masks: int, batch: int, evals_per_step: int = DEFAULT_EVAL
 #: (ms per evaluation, 16 vs 256 per step): ResNet-50 ``layer3`` (1.5 GFLOP) 11.6 vs 15.9, Lite0
 #: ``blocks.15.expand`` (81 MFLOP) 0.57 vs 0.68; at B = 8: 14.8 vs 17.1 and 0.57 vs 0.63. Light tails (ResNet-50
 #: ``layer4``, Lite0 ``head``: 3–4 MFLOP, per-step overheads dominate) keep 256: at B = 8 smaller steps cost
-#: them 10–30 %. On GPU/TPU every tail keeps :data:`DEFAULT_EVALS_PER_STEP`.
+#: them 10–30 %. On GPU/TPU every tail keeps :data:`DEFAULT_EVALS_PER_STEP`. The baselines' sweeps
+#: (:func:`items_per_step`) take the same rule; B = 1, ms per evaluation, 16 vs their old default:
+#: Ablation-CAM at ResNet-50 ``layer3`` 13.3 vs 18.7 (256), Score-CAM on Lite0 (whole network) 11.5 vs
+#: 13.3 (64), RISE 10.6 vs 11.3 (64).
 HEAVY_TAIL_FLOPS = 5e7
 HEAVY_TAIL_EVALS = 16
 _TAIL_FLOPS: dict = {}
@@ -123,7 +126,7 @@ def tail_flops(tail_fn: Callable, variables: Any, features: jax.Array) -> float 
     """FLOPs of one evaluation of the tail on ``features (B, H, W, K)``'s shape (XLA's cost analysis of the
     lowered tail at batch 1, nothing compiled or run), cached per tail and shape; None if XLA gives none."""
     leaves, treedef = jax.tree.flatten(variables)
-    key = (tail_fn, treedef, tuple((jnp.shape(x), str(jnp.result_type(x))) for x in leaves),
+    key = (tail_fn, treedef, tuple((jnp.shape(x), str(getattr(x, "dtype", None) or np.result_type(x))) for x in leaves),
            tuple(features.shape[1:]), str(features.dtype))
     if key not in _TAIL_FLOPS:
         if len(_TAIL_FLOPS) >= 256:  # taps made on the fly (lambdas): keep the cache bounded
@@ -630,17 +633,21 @@ def items_per_step(fn: Callable, variables: Any, site_input: jax.Array, *, num_i
                    compute_dtype=None, devices: Sequence[jax.Device] | None = None) -> int:
     """The one chunking rule of the item sweeps: items per step from evaluations per step.
 
-    ``chunk_size`` (evaluations per step, default ``default``) over the B images of
-    ``site_input (B, ...)`` gives items per step (:func:`masks_per_step`); a ``memory_budget``
+    ``chunk_size`` (evaluations per step) over the B images of ``site_input (B, ...)`` gives items
+    per step (:func:`masks_per_step`). Without it: ``default`` evaluations per step, or fewer for a
+    heavy ``fn`` on CPU (:func:`cpu_evals_per_step`, the rule CHIP's sweep uses). A ``memory_budget``
     (bytes per device) caps it by :func:`chunk_for_memory` of ``fn (variables, site) -> logits``
     on each device's share of the items, raising :class:`~chipjax.errors.ResourceError` when
     one item cannot fit.
     """
     check_chunk_size(chunk_size)
     batch = site_input.shape[0]
+    devices = tuple(jax.local_devices() if devices is None else devices)
+    if chunk_size is None and memory_budget is None:
+        default = min(default, cpu_evals_per_step(fn, variables, site_input, devices[0].platform))
     chunk = masks_per_step(default if chunk_size is None else chunk_size, batch)
     if memory_budget is not None:
-        num_devices = len(jax.local_devices() if devices is None else devices)
+        num_devices = len(devices)
         fit = chunk_for_memory(fn, variables, site_input, num_masks=-(-num_items // num_devices),
                                memory_budget=memory_budget, compute_dtype=compute_dtype, num_classes=1)
         chunk = fit if chunk_size is None else min(chunk, fit)

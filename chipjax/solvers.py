@@ -94,7 +94,7 @@ def top_eigenvalue(G: GramIn, num_iters: int = _POWER_ITERS) -> Scalar:
     G = jnp.asarray(G)
     if G.ndim != 2 or G.shape[0] != G.shape[1]:
         raise InputError(f"G must be square (K, K); got {G.shape}")
-    return _top_eigenvalue(G, num_iters)
+    return _top_eigenvalue_jit(G, int(num_iters))
 
 
 def lasso(
@@ -360,6 +360,11 @@ def _top_eigenvalue(G, num_iters):
     return jnp.maximum(jnp.vdot(v, jnp.matmul(G, v, precision=_HIGHEST)) / jnp.vdot(v, v), 0)
 
 
+# Compiled once per shape: called eagerly, the power iteration's loop was traced and compiled on every call
+# (244 against 8.4 ms at K = 1280).
+_top_eigenvalue_jit = jax.jit(_top_eigenvalue, static_argnums=1)
+
+
 # ----------------------------------------------------------------------------- checks
 
 
@@ -413,3 +418,4 @@ def _check_controls(max_iter, tol):
         raise InputError(f"max_iter must be >= 0; got {max_iter}")
     if not float(tol) >= 0:
         raise InputError(f"tol must be >= 0; got {tol}")
+

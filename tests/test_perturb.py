@@ -296,6 +296,14 @@ def test_heavy_tails_take_small_steps_on_cpu_only():
     assert perturb.cpu_evals_per_step(heavy_tail, heavy, features, "cpu") == perturb.HEAVY_TAIL_EVALS
     assert perturb.cpu_evals_per_step(light_tail, light, features, "cpu") == 256
     assert perturb.cpu_evals_per_step(heavy_tail, heavy, features, "gpu") == 256
+    # the baselines' item sweeps take the same rule, unless the user names a chunk or a budget
+    cpu = jax.local_devices()[:1]
+    assert perturb.items_per_step(heavy_tail, heavy, features, num_items=500, chunk_size=None, default=64,
+                                  devices=cpu) == perturb.HEAVY_TAIL_EVALS // 2
+    assert perturb.items_per_step(light_tail, light, features, num_items=500, chunk_size=None, default=64,
+                                  devices=cpu) == 32
+    assert perturb.items_per_step(heavy_tail, heavy, features, num_items=500, chunk_size=128, default=64,
+                                  devices=cpu) == 64
     # the chunk changes the step, never the statistics
     key = jax.random.PRNGKey(0)
     small = perturb.shared_perturbation_stats(heavy_tail, heavy, features, key, num_masks=40, score="logit")
