@@ -418,4 +418,3 @@ def _check_controls(max_iter, tol):
         raise InputError(f"max_iter must be >= 0; got {max_iter}")
     if not float(tol) >= 0:
         raise InputError(f"tol must be >= 0; got {tol}")
-

@@ -136,7 +136,7 @@ def psum_merge(stats: Stats, axis_name) -> Stats:
     float32 accuracy). Equals :func:`merge_many` of the shards' stats.
     """
     return _pool(stats, lambda x: lax.psum(x, axis_name),
-                 lambda u, v: lax.psum(u[..., :, None] * v[..., None, :], axis_name))
+                 lambda M, u, v: lax.psum(M + u[..., :, None] * v[..., None, :], axis_name))
 
 
 def gram(stats: Stats) -> jax.Array:
@@ -251,13 +251,13 @@ def _merge_stacked(stacked: Stats) -> Stats:
     # The members' outer products as one contraction over the stacked axis: XLA:CPU runs a stacked
     # (S, K, K) product-then-sum 40x slower than the matmul (36.7 vs 0.9 ms at K = 1280, S = 2).
     return _pool(stacked, lambda x: jnp.sum(x, axis=0),
-                 lambda u, v: jnp.einsum("s...k,s...l->...kl", u, v, precision=_HIGHEST))
+                 lambda M, u, v: jnp.sum(M, axis=0) + jnp.einsum("s...k,s...l->...kl", u, v, precision=_HIGHEST))
 
 
 def _pool(stats: Stats, total: Callable[[jax.Array], jax.Array],
-          total_outer: Callable[[jax.Array, jax.Array], jax.Array]) -> Stats:
+          total_shifted: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]) -> Stats:
     """Pool a set of stats, given ``total`` summing an array over the set (axis-0 sum or psum) and
-    ``total_outer (u, v)`` summing the members' outer products ``u_i v_iᵀ`` over it.
+    ``total_shifted (M, u, v)`` summing ``M_i + u_i v_iᵀ`` over it (a co-moment and its mean shift).
 
     Uses shares ``n_i / n`` for the means and mean-shifted co-moments, so an empty member
     contributes exact zeros.
@@ -274,8 +274,8 @@ def _pool(stats: Stats, total: Callable[[jax.Array], jax.Array],
         count=n,
         mask_mean=mask_mean,
         score_mean=score_mean,
-        mask_comoment=total(stats.mask_comoment) + total_outer(ndm, dm),
-        cross_comoment=total(stats.cross_comoment) + total_outer(ndm, dy),
+        mask_comoment=total_shifted(stats.mask_comoment, ndm, dm),
+        cross_comoment=total_shifted(stats.cross_comoment, ndm, dy),
         score_sqdev=total(stats.score_sqdev + n_i[..., None] * dy * dy),
     )
 
