@@ -141,13 +141,20 @@ def build(name: str, layer: str, size: int):
 
 
 def torch_chip(head, tail, xt, target: int, num_masks: int, *, batch: int = 64, keep_prob: float = 0.5,
-               lam_ratio: float = 0.05, seed: int = 0) -> np.ndarray:
-    """CHIP as a careful PyTorch user writes it; returns the ``(S, S)`` map in [0, 1]."""
+               lam_ratio: float = 0.05, seed: int = 0, bf16: bool = False) -> np.ndarray:
+    """CHIP as a careful PyTorch user writes it; returns the ``(S, S)`` map in [0, 1].
+
+    ``bf16``: the head and the perturbed tails under ``torch.autocast("cpu", torch.bfloat16)``
+    (oneDNN's bf16 convolutions), scores read back in float32.
+    """
+    import contextlib
+
     import torch
     import torch.nn.functional as F
     from sklearn.linear_model import Lasso
 
-    with torch.no_grad():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
         A = head(xt)  # (1, K, H, W)
         K = A.shape[1]
         gen = torch.Generator().manual_seed(seed)
@@ -155,14 +162,14 @@ def torch_chip(head, tail, xt, target: int, num_masks: int, *, batch: int = 64, 
         Y = torch.empty(num_masks)
         for start in range(0, num_masks, batch):
             m = M[start:start + batch]
-            Y[start:start + batch] = torch.softmax(tail(A * m[:, :, None, None]), dim=-1)[:, target]
+            Y[start:start + batch] = torch.softmax(tail(A * m[:, :, None, None]).float(), dim=-1)[:, target]
     Mc = (M - M.mean(0)).numpy().astype(np.float64)
     yc = (Y - Y.mean()).numpy().astype(np.float64)
     gram = Mc.T @ Mc
     alpha = lam_ratio * np.abs(Mc.T @ yc).max() / num_masks
     w = Lasso(alpha=alpha, fit_intercept=False, precompute=gram).fit(Mc, yc).coef_
     with torch.no_grad():
-        cam = F.relu(torch.einsum("k,khw->hw", torch.from_numpy(w).float(), A[0]))
+        cam = F.relu(torch.einsum("k,khw->hw", torch.from_numpy(w).float(), A[0].float()))
         cam = F.interpolate(cam[None, None], size=xt.shape[2:], mode="bilinear", align_corners=False)[0, 0]
         lo, hi = cam.min(), cam.max()
         return ((cam - lo) / (hi - lo) if hi > lo else torch.zeros_like(cam)).numpy()
@@ -174,7 +181,7 @@ def torch_chip(head, tail, xt, target: int, num_masks: int, *, batch: int = 64, 
 
 
 def run_tap(name: str, layer: str, size: int, num_masks: int, reps: int, ablation: bool,
-            auto: bool = True) -> tuple[list, dict]:
+            auto: bool = True, bf16: bool = False) -> tuple[list, dict]:
     import jax
     import jax.numpy as jnp
 
@@ -196,7 +203,14 @@ def run_tap(name: str, layer: str, size: int, num_masks: int, reps: int, ablatio
         fit_counts.append(fit.num_masks)
         return heatmap(A, fit.weights, xj.shape[1:3])
 
+    def chip_bf16():
+        return cj.explain(model, xj, method="chip", layer=layer, target=target, num_masks=num_masks,
+                          compute_dtype="bfloat16")
+
     cases = {"chipjax CHIP": chip_fixed, "torch CHIP": lambda: torch_chip(head, tail, xt, target, num_masks)}
+    if bf16:
+        cases["chipjax CHIP bf16"] = chip_bf16
+        cases["torch CHIP bf16 autocast"] = lambda: torch_chip(head, tail, xt, target, num_masks, bf16=True)
     if auto:
         cases["chipjax CHIP auto"] = chip_auto
     if ablation:
@@ -216,6 +230,10 @@ def run_tap(name: str, layer: str, size: int, num_masks: int, reps: int, ablatio
     from chipjax.metrics import rank_correlation
 
     agreement = rank_correlation(a, b)
+    bf16_agreement = None
+    if bf16:  # each bf16 map against its own side's float32 map
+        bf16_agreement = (float(rank_correlation(np.asarray(chip_bf16())[0], a)),
+                          float(rank_correlation(torch_chip(head, tail, xt, target, num_masks, bf16=True), b)))
     masks_auto = int(np.median(fit_counts)) if fit_counts else 0
     rows = []
     base = times["torch CHIP"]
@@ -227,7 +245,7 @@ def run_tap(name: str, layer: str, size: int, num_masks: int, reps: int, ablatio
                          per_eval=common.median(ts) / max(1, evals), speedup=common.median_ratio(base, ts)))
     print(f"{name} {layer}: " + ", ".join(f"{r['method']} {r['per_image']:.2f}s" for r in rows), flush=True)
     jax.clear_caches()
-    return rows, dict(parity=parity, agreement=agreement, K=int(tap.head(xj).shape[-1]))
+    return rows, dict(parity=parity, agreement=agreement, K=int(tap.head(xj).shape[-1]), bf16=bf16_agreement)
 
 
 def main(argv=None):
@@ -239,6 +257,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--no-auto", action="store_true", help="skip the num_masks='auto' rows")
     p.add_argument("--no-ablation", action="store_true", help="skip pytorch-grad-cam's AblationCAM")
+    p.add_argument("--bf16", action="store_true",
+                   help="add bfloat16 rows: chipjax compute_dtype='bfloat16' and the torch CHIP under CPU autocast")
     args = p.parse_args(argv)
     common.set_threads(args.threads)
     taps = (args.taps or ("resnet18:layer3,lite0:head" if args.quick else
@@ -249,14 +269,16 @@ def main(argv=None):
     rows, facts = [], {}
     for spec in taps:
         name, layer = spec.split(":")
-        tap_rows, facts[spec] = run_tap(name, layer, size, num_masks, reps, auto=not args.no_auto,
+        tap_rows, facts[spec] = run_tap(name, layer, size, num_masks, reps, auto=not args.no_auto, bf16=args.bf16,
                                         ablation=name.startswith("resnet") and layer == "layer3" and not args.no_ablation)
         rows += tap_rows
     headers = ["tap", "method", "perturbed evals", "s / image", "ms / eval", "torch CHIP time / this"]
     body = common.table(headers, [[r["tap"], r["method"], r["evals"], r["per_image"], 1e3 * r["per_eval"],
                                    r["speedup"]] for r in rows])
     notes = ("Per tap: " + "; ".join(f"{k} (K={v['K']}): logits parity {v['parity']:.1e} (max rel.), Spearman r of the "
-                                     f"two CHIP maps {v['agreement']:.3f}" for k, v in facts.items())
+                                     f"two CHIP maps {v['agreement']:.3f}"
+                                     + ("" if v["bf16"] is None else f", bf16 map against its own float32 map: chipjax "
+                                        f"{v['bf16'][0]:.3f}, torch {v['bf16'][1]:.3f}") for k, v in facts.items())
              + f". {num_masks} masks, keep 0.5, lam_ratio 0.05, softmax target score, one image (skimage chelsea), "
              f"torch threads {args.threads}. 'torch CHIP time / this' > 1: faster than the hand-written torch CHIP "
              f"(median of per-repetition ratios, {reps} interleaved repetitions after a warm-up). 'auto' rows: "

@@ -76,7 +76,8 @@ def _nhwc(t: torch.Tensor) -> np.ndarray:
 # --- conv -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "size, kernel, stride, padding, bias",
-    [(8, 3, 2, 1, False), (9, 3, 2, 1, False), (8, 7, 2, 3, False), (8, 1, 2, 0, False), (7, 3, 1, 1, True)],
+    [(8, 3, 2, 1, False), (9, 3, 2, 1, False), (8, 7, 2, 3, False), (8, 1, 2, 0, False), (7, 3, 1, 1, True),
+     (10, 3, 1, 1, True)],  # 10×11 outputs: above the CPU im2col size, XLA's convolution
 )
 def test_conv2d_matches_torch(rng, size, kernel, stride, padding, bias):
     tconv = torch.nn.Conv2d(3, 5, kernel, stride, padding, bias=bias)
@@ -172,6 +173,45 @@ def test_conv_im2col_equals_lax_convolution(size, stride, pad):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
     got = conv_im2col(x, k, (stride, stride), (pad, pad))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+def test_im2col_rule_small_outputs_on_cpu_only_dense_kernels():
+    from chipjax.models.layers import IM2COL_MAX_OUTPUT_PIXELS_CPU, use_im2col
+
+    assert use_im2col((2, 2), (3, 3))  # output smaller than the kernel: on every platform
+    assert not use_im2col((7, 7), (1, 1))  # 1×1 kernels are matmuls already
+    small = use_im2col((7, 7), (3, 3))
+    assert small == (jax.default_backend() == "cpu")
+    assert 49 <= IM2COL_MAX_OUTPUT_PIXELS_CPU < 14 * 14
+    assert not use_im2col((14, 14), (3, 3))
+
+
+def test_matmul_last_accumulates_bfloat16_in_float32():
+    from chipjax.models.layers import accumulation_dtype, matmul_last
+
+    assert accumulation_dtype(jnp.bfloat16) == jnp.float32 and accumulation_dtype(jnp.float32) is None
+    # 256 ones plus 512 × 2⁻⁸ = 258 (a bf16 number): a bf16 accumulator stalls at 256, where a
+    # step of 2⁻⁸ rounds away; float32 gets 258 exactly
+    x = jnp.concatenate([jnp.ones((1, 256)), jnp.full((1, 512), 2.0 ** -8)], axis=1).astype(jnp.bfloat16)
+    w = jnp.ones((768, 3), jnp.bfloat16)
+    y = matmul_last(x, w)
+    assert y.dtype == jnp.bfloat16 and y.shape == (1, 3)
+    np.testing.assert_array_equal(np.asarray(y, np.float32), 258.0)
+    # XLA:CPU happens to accumulate a plain bf16 product in float32 too, but slowly: the product
+    # must ask for the float32 accumulator itself (that is what runs at the bf16 rate)
+    (dot,) = [e for e in jax.make_jaxpr(matmul_last)(x, w).eqns if e.primitive.name == "dot_general"]
+    assert dot.params["preferred_element_type"] == jnp.float32
+
+
+@pytest.mark.parametrize("size, kernel, stride", [(7, 3, 1), (14, 3, 2), (9, 1, 1)])
+def test_conv2d_in_bfloat16_is_close_to_float32(rng, size, kernel, stride):
+    conv = layers.conv2d(16, kernel, stride, kernel // 2)
+    x = jnp.asarray(rng.standard_normal((2, size, size, 32)).astype(np.float32))
+    params = conv.init(jax.random.PRNGKey(0), x)
+    want = conv.apply(params, x)
+    got = conv.apply(jax.tree.map(lambda v: v.astype(jnp.bfloat16), params), x.astype(jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16 and got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), atol=0.05 * float(jnp.abs(want).max()))
 
 
 # --- grouped and depthwise conv, ceil-mode max-pool (the torchvision families of test_zoo.py) ----

@@ -58,7 +58,7 @@ from jax import lax
 from ..errors import ModelError, WeightsError
 from .base import ArchSpec
 from .keymap import KeyEntry, convert_state_dict
-from .layers import depthwise_conv
+from .layers import depthwise_conv, matmul_last
 from .preprocess import mean_std_normalize, stretch_view
 
 BN_EPSILON = 1e-3
@@ -222,11 +222,12 @@ def depthwise_conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax
 def conv_same(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
     """Dense convolution with TF "SAME" padding: ``x (B, H, W, Cin)``, ``kernel (k, k, Cin, Cout)``.
 
-    1×1 stride-1 kernels run as a matmul (on CPU as fast as XLA's convolution or faster).
+    1×1 stride-1 kernels run as a matmul (on CPU as fast as XLA's convolution or faster),
+    accumulated in float32 for bfloat16 operands (:func:`chipjax.models.layers.matmul_last`).
     """
     k = kernel.shape[0]
     if k == 1 and stride == 1:
-        return jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
+        return matmul_last(x, kernel[0, 0])
     pads = [same_padding(x.shape[1], k, stride), same_padding(x.shape[2], k, stride)]
     return lax.conv_general_dilated(x, kernel, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 

@@ -61,15 +61,55 @@ def conv2d(
     )
 
 
+#: Output sizes (``H' · W'``) at or below which a dense k×k convolution on CPU runs as
+#: :func:`conv_im2col`: XLA:CPU's convolution kernel is slow there (ResNet-50 ``layer4``'s 3×3
+#: convolutions at 7×7, 16 images: 11.5–15.8 ms against 9.9–10.2 ms as one matmul; in bfloat16,
+#: 13.0 against 6.1 ms), while at 14×14 and above the gathered patches cost more than they save.
+IM2COL_MAX_OUTPUT_PIXELS_CPU = 64
+
+
+def accumulation_dtype(dtype) -> jnp.dtype | None:
+    """The accumulator of a product of ``dtype`` operands: float32 for bfloat16/float16, else None (as is).
+
+    XLA:CPU runs a bfloat16 product *with* float32 accumulation at the bf16 matmul rate (on
+    AVX512-BF16 hardware about twice the float32 rate) but a plain bfloat16 one slower than
+    float32; on GPU/TPU float32 accumulation is what the hardware does anyway.
+    """
+    return jnp.float32 if jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) else None
+
+
+def matmul_last(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x (..., I) @ w (I, O) -> (..., O)`` in ``x``'s dtype, accumulated as :func:`accumulation_dtype` says."""
+    y = lax.dot_general(x, w.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                        preferred_element_type=accumulation_dtype(x.dtype))
+    return y.astype(x.dtype)
+
+
+def use_im2col(out_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
+    """Whether a dense k×k convolution with output ``(H', W')`` should run as :func:`conv_im2col`.
+
+    Always when the output is smaller than the kernel (XLA's CPU convolution is 100× slow
+    there); on CPU also at outputs of at most :data:`IM2COL_MAX_OUTPUT_PIXELS_CPU` pixels.
+    GPU/TPU keep their convolution kernels otherwise.
+    """
+    (ho, wo), (kh, kw) = out_hw, kernel_hw
+    if kh == 1 and kw == 1:
+        return False
+    if ho < kh or wo < kw:
+        return True
+    return ho * wo <= IM2COL_MAX_OUTPUT_PIXELS_CPU and jax.default_backend() == "cpu"
+
+
 def conv_im2col(
     x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: tuple[int, int], groups: int = 1
 ) -> jax.Array:
     """Convolution as one matrix product over gathered patches: ``(B, H, W, I), (kh, kw, I / groups, O) -> (B, H', W', O)``.
 
     XLA's CPU convolution is pathologically slow (100× and more) when the output is
-    smaller than the kernel — ResNet's layer4 on small inputs — so those shapes use
-    this form: ``kh·kw`` shifted strided slices, concatenated, times the reshaped kernel
-    (one product per group when ``groups > 1``).
+    smaller than the kernel — ResNet's layer4 on small inputs — and slow at small outputs
+    generally (:func:`use_im2col`), so those shapes use this form: ``kh·kw`` shifted strided
+    slices, concatenated, times the reshaped kernel (one product per group when ``groups > 1``),
+    accumulated in float32 for bfloat16 operands (:func:`matmul_last`).
     """
     kh, kw, ci, co = kernel.shape
     (sh, sw), (ph, pw) = strides, padding
@@ -78,11 +118,12 @@ def conv_im2col(
     wo = (xp.shape[2] - kw) // sw + 1
     cols = [xp[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :] for i in range(kh) for j in range(kw)]
     if groups == 1:
-        return jnp.concatenate(cols, axis=-1) @ kernel.reshape(kh * kw * ci, co)
+        return matmul_last(jnp.concatenate(cols, axis=-1), kernel.reshape(kh * kw * ci, co))
     b = x.shape[0]
     patches = jnp.stack(cols, axis=3).reshape(b, ho, wo, kh * kw, groups, ci)
-    w = kernel.reshape(kh * kw, ci, groups, co // groups)
-    return jnp.einsum("bhwtgi,tigo->bhwgo", patches, w).reshape(b, ho, wo, co)
+    w = kernel.reshape(kh * kw, ci, groups, co // groups).astype(x.dtype)
+    y = jnp.einsum("bhwtgi,tigo->bhwgo", patches, w, preferred_element_type=accumulation_dtype(x.dtype))
+    return y.astype(x.dtype).reshape(b, ho, wo, co)
 
 
 def depthwise_conv(
@@ -126,14 +167,15 @@ def conv1x1(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: 
     Padding (zeros) and stride become a pad and a strided slice, then one ``(B·H'·W', I) @ (I, O)``.
     XLA:CPU lowers a 1×1 ``conv_general_dilated`` to a convolution kernel about 3× slower
     than its matrix product (ResNet-50 ``layer4.0.conv1``, 64 images: 268 ms against 93 ms;
-    ``benchmarks/RESULTS.md``); on GPU/TPU both become the same matmul.
+    ``benchmarks/RESULTS.md``); on GPU/TPU both become the same matmul. bfloat16 operands
+    accumulate in float32 (:func:`matmul_last`).
     """
     (sh, sw), (ph, pw) = strides, padding
     if ph or pw:
         x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     if sh > 1 or sw > 1:
         x = x[:, ::sh, ::sw, :]
-    return jnp.matmul(x, kernel[0, 0])
+    return matmul_last(x, kernel[0, 0])
 
 
 class Conv2d(nn.Module):
@@ -164,7 +206,7 @@ class Conv2d(nn.Module):
             y = depthwise_conv(x, kernel[:, :, 0, :], self.strides, ((ph, ph), (pw, pw)))
         elif kh == 1 and kw == 1 and self.groups == 1:
             y = conv1x1(x, kernel, self.strides, self.padding)
-        elif (kh > 1 or kw > 1) and (ho < kh or wo < kw):
+        elif use_im2col((ho, wo), (kh, kw)):
             y = conv_im2col(x, kernel, self.strides, self.padding, self.groups)
         else:
             y = lax.conv_general_dilated(
