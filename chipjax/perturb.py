@@ -109,7 +109,7 @@ def default_chunk(num_masks: int, batch: int, evals_per_step: int = DEFAULT_EVAL
 
 
 #: XLA:CPU runs heavy tails faster in small steps (the step's activations stay in cache): a tail of at least
-#: this many FLOPs per evaluation gets :data:`HEAVY_TAIL_EVALS` evaluations per step on CPU. Measured at B = 1
+#: this many FLOPs per evaluation gets small steps on CPU (:func:`cpu_evals_per_step`). Measured at B = 1
 #: (ms per evaluation, 16 vs 256 per step): ResNet-50 ``layer3`` (1.5 GFLOP) 11.6 vs 15.9, Lite0
 #: ``blocks.15.expand`` (81 MFLOP) 0.57 vs 0.68; at B = 8: 14.8 vs 17.1 and 0.57 vs 0.63. Light tails (ResNet-50
 #: ``layer4``, Lite0 ``head``: 3–4 MFLOP, per-step overheads dominate) keep 256: at B = 8 smaller steps cost
@@ -118,36 +118,77 @@ def default_chunk(num_masks: int, batch: int, evals_per_step: int = DEFAULT_EVAL
 #: Ablation-CAM at ResNet-50 ``layer3`` 13.3 vs 18.7 (256), Score-CAM on Lite0 (whole network) 11.5 vs
 #: 13.3 (64), RISE 10.6 vs 11.3 (64).
 HEAVY_TAIL_FLOPS = 5e7
-HEAVY_TAIL_EVALS = 16
-_TAIL_FLOPS: dict = {}
+#: The smallest step of a heavy tail on CPU. On a 2-core AVX-512 CPU (2026-12-03), ms per evaluation at
+#: 8 vs 16 per step: ResNet-50 ``layer3`` 4.3 vs 5.0 (bf16 2.6 vs 3.2), ResNet-18 ``layer3`` 2.2 vs 2.7,
+#: Lite0 ``blocks.5.expand`` 2.2 vs 2.9; ``blocks.11.expand``, ``blocks.15.expand``, ResNet-50 ``layer2``
+#: equal within noise; 4 per step is slower again (ResNet-50 ``layer3`` 4.8).
+HEAVY_TAIL_EVALS = 8
+#: FLOPs per byte of tail weights a heavy step must reach, so that reading the weights once per step is
+#: small next to the arithmetic (about 4× this CPU's FLOP-per-byte balance). VGG-16 ``features.28``,
+#: whose tail is 0.5 GB of fully connected weights for 0.25 GFLOP per evaluation, gets 128 per step:
+#: 0.82 ms per evaluation against 1.57 at 16 and 2.3 at 8.
+STEP_WEIGHT_INTENSITY = 64.0
+_TAIL_COSTS: dict = {}
 
 
-def tail_flops(tail_fn: Callable, variables: Any, features: jax.Array) -> float | None:
-    """FLOPs of one evaluation of the tail on ``features (B, H, W, K)``'s shape (XLA's cost analysis of the
-    lowered tail at batch 1, nothing compiled or run), cached per tail and shape; None if XLA gives none."""
+class TailCost(NamedTuple):
+    """One tail's cost: ``flops`` per evaluation and ``weight_bytes`` (the variables it reads, once per step)."""
+
+    flops: float
+    weight_bytes: float
+
+
+def tail_cost(tail_fn: Callable, variables: Any, features: jax.Array) -> TailCost | None:
+    """:class:`TailCost` of the tail on ``features (B, H, W, K)``'s shape, or None if XLA gives none.
+
+    ``flops``: XLA's cost analysis of the tail lowered at batch 1 (nothing compiled or run).
+    ``weight_bytes``: the bytes of the leaves of ``variables`` the traced tail uses (the head's
+    weights share the tree but not the tail). Cached per tail and shape.
+    """
     leaves, treedef = jax.tree.flatten(variables)
     key = (tail_fn, treedef, tuple((jnp.shape(x), str(getattr(x, "dtype", None) or np.result_type(x))) for x in leaves),
            tuple(features.shape[1:]), str(features.dtype))
-    if key not in _TAIL_FLOPS:
-        if len(_TAIL_FLOPS) >= 256:  # taps made on the fly (lambdas): keep the cache bounded
-            _TAIL_FLOPS.clear()
-        spec = jax.ShapeDtypeStruct((1, *features.shape[1:]), features.dtype)
-        try:
-            cost = jax.jit(tail_fn).lower(_abstract(variables, None), spec).cost_analysis()
-            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-            _TAIL_FLOPS[key] = float(cost["flops"]) if cost and "flops" in cost else None
-        except Exception:  # a backend without cost analysis: no rule, the default chunk
-            _TAIL_FLOPS[key] = None
-    return _TAIL_FLOPS[key]
+    if key not in _TAIL_COSTS:
+        if len(_TAIL_COSTS) >= 256:  # taps made on the fly (lambdas): keep the cache bounded
+            _TAIL_COSTS.clear()
+        _TAIL_COSTS[key] = _lowered_tail_cost(tail_fn, variables, features)
+    return _TAIL_COSTS[key]
+
+
+def _lowered_tail_cost(tail_fn: Callable, variables: Any, features: jax.Array) -> TailCost | None:
+    spec = jax.ShapeDtypeStruct((1, *features.shape[1:]), features.dtype)
+    abstract = _abstract(variables, None)
+    try:
+        cost = jax.jit(tail_fn).lower(abstract, spec).cost_analysis()
+        closed = jax.make_jaxpr(tail_fn)(abstract, spec)
+    except Exception:  # a backend without cost analysis: no rule, the default chunk
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if not cost or "flops" not in cost:
+        return None
+    used = {id(v) for eqn in closed.jaxpr.eqns for v in eqn.invars} | {id(v) for v in closed.jaxpr.outvars}
+    weights = closed.jaxpr.invars[:len(jax.tree.leaves(abstract))]
+    weight_bytes = sum(math.prod(v.aval.shape) * v.aval.dtype.itemsize for v in weights if id(v) in used)
+    return TailCost(flops=float(cost["flops"]), weight_bytes=float(weight_bytes))
 
 
 def cpu_evals_per_step(tail_fn: Callable, variables: Any, features: jax.Array, platform: str) -> int:
-    """Default perturbed evaluations per step: :data:`HEAVY_TAIL_EVALS` for a heavy tail on CPU, else
-    :data:`DEFAULT_EVALS_PER_STEP`."""
+    """Default perturbed evaluations per step (no chunk, no budget given).
+
+    :data:`DEFAULT_EVALS_PER_STEP` on GPU/TPU and for light tails. A heavy tail on CPU
+    (:data:`HEAVY_TAIL_FLOPS`) gets :data:`HEAVY_TAIL_EVALS`, raised to the next power of two
+    that reads its weights at :data:`STEP_WEIGHT_INTENSITY` FLOPs per byte, at most the default.
+    """
     if platform != "cpu":
         return DEFAULT_EVALS_PER_STEP
-    flops = tail_flops(tail_fn, variables, features)
-    return HEAVY_TAIL_EVALS if flops is not None and flops >= HEAVY_TAIL_FLOPS else DEFAULT_EVALS_PER_STEP
+    cost = tail_cost(tail_fn, variables, features)
+    if cost is None or cost.flops < HEAVY_TAIL_FLOPS:
+        return DEFAULT_EVALS_PER_STEP
+    needed = STEP_WEIGHT_INTENSITY * cost.weight_bytes / cost.flops
+    evals = HEAVY_TAIL_EVALS
+    while evals < needed and evals < DEFAULT_EVALS_PER_STEP:
+        evals *= 2
+    return evals
 
 
 def masks_per_step(evals_per_step: int, batch: int) -> int:

@@ -284,6 +284,27 @@ def test_default_chunk_is_about_256_evaluations_and_at_most_the_mask_count():
     assert perturb.default_chunk(10, 1) == 10
 
 
+def test_tail_cost_counts_only_the_weights_the_tail_reads():
+    used, unused = jnp.ones((64, 32)), jnp.ones((1000, 1000))
+    tail = lambda v, a: a.mean(axis=(1, 2)) @ v["used"]  # noqa: E731
+    cost = perturb.tail_cost(tail, {"used": used, "head_only": unused}, jnp.ones((3, 8, 8, 64)))
+    assert cost.weight_bytes == 64 * 32 * 4
+    assert cost.flops >= 2 * 64 * 32
+
+
+def test_heavy_tails_with_big_weights_take_steps_that_amortise_them():
+    """A heavy tail dominated by a big dense layer (VGG's classifier) gets larger CPU steps, up to the default."""
+    big = jnp.zeros((16 * 16 * 64, 1536))  # 100 MB of weights, 50 MFLOP per evaluation: 0.5 FLOP per byte
+    tail = lambda v, a: a.reshape(a.shape[0], -1) @ v  # noqa: E731
+    features = jnp.ones((1, 16, 16, 64))
+    cost = perturb.tail_cost(tail, big, features)
+    assert cost.flops >= perturb.HEAVY_TAIL_FLOPS and cost.weight_bytes == big.size * 4
+    # 64 FLOP per byte × 100 MB / 50 MFLOP = 128 evaluations per step (8 → 16 → … → 128)
+    assert perturb.STEP_WEIGHT_INTENSITY == 64 and cost.flops == 2 * big.size
+    assert perturb.cpu_evals_per_step(tail, big, features, "cpu") == 128
+    assert perturb.cpu_evals_per_step(tail, big, features, "gpu") == perturb.DEFAULT_EVALS_PER_STEP
+
+
 def test_heavy_tails_take_small_steps_on_cpu_only():
     """XLA's cost analysis decides: a tail of ≥ HEAVY_TAIL_FLOPS per evaluation gets HEAVY_TAIL_EVALS per step on CPU."""
     light = jnp.ones((64, 10))
@@ -291,8 +312,8 @@ def test_heavy_tails_take_small_steps_on_cpu_only():
     light_tail = lambda v, a: a.mean(axis=(1, 2)) @ v  # noqa: E731  (a few kFLOP per evaluation)
     heavy_tail = lambda v, a: jax.nn.relu(a @ v).mean(axis=(1, 2))  # noqa: E731  (16·16·64·4096·2 ≈ 134 MFLOP)
     features = jnp.ones((2, 16, 16, 64))
-    assert perturb.tail_flops(heavy_tail, heavy, features) >= perturb.HEAVY_TAIL_FLOPS
-    assert perturb.tail_flops(light_tail, light, features) < perturb.HEAVY_TAIL_FLOPS
+    assert perturb.tail_cost(heavy_tail, heavy, features).flops >= perturb.HEAVY_TAIL_FLOPS
+    assert perturb.tail_cost(light_tail, light, features).flops < perturb.HEAVY_TAIL_FLOPS
     assert perturb.cpu_evals_per_step(heavy_tail, heavy, features, "cpu") == perturb.HEAVY_TAIL_EVALS
     assert perturb.cpu_evals_per_step(light_tail, light, features, "cpu") == 256
     assert perturb.cpu_evals_per_step(heavy_tail, heavy, features, "gpu") == 256
