@@ -203,9 +203,10 @@ def test_matmul_last_accumulates_bfloat16_in_float32():
     assert dot.params["preferred_element_type"] == jnp.float32
 
 
-@pytest.mark.parametrize("size, kernel, stride", [(7, 3, 1), (14, 3, 2), (9, 1, 1)])
-def test_conv2d_in_bfloat16_is_close_to_float32(rng, size, kernel, stride):
-    conv = layers.conv2d(16, kernel, stride, kernel // 2)
+@pytest.mark.parametrize("size, kernel, stride, groups", [(7, 3, 1, 1), (14, 3, 2, 1), (9, 1, 1, 1), (9, 3, 1, 32)])
+def test_conv2d_in_bfloat16_is_close_to_float32(rng, size, kernel, stride, groups):
+    # dense (im2col, XLA's convolution, 1×1 matmul) and depthwise (shifted slices summed in float32)
+    conv = layers.conv2d(32 if groups > 1 else 16, kernel, stride, kernel // 2, groups=groups)
     x = jnp.asarray(rng.standard_normal((2, size, size, 32)).astype(np.float32))
     params = conv.init(jax.random.PRNGKey(0), x)
     want = conv.apply(params, x)
