@@ -315,7 +315,7 @@ def test_heavy_tails_take_small_steps_on_cpu_only():
     assert perturb.tail_cost(heavy_tail, heavy, features).flops >= perturb.HEAVY_TAIL_FLOPS
     assert perturb.tail_cost(light_tail, light, features).flops < perturb.HEAVY_TAIL_FLOPS
     assert perturb.cpu_evals_per_step(heavy_tail, heavy, features, "cpu") == perturb.HEAVY_TAIL_EVALS
-    assert perturb.cpu_evals_per_step(light_tail, light, features, "cpu") == 256
+    assert perturb.cpu_evals_per_step(light_tail, light, features, "cpu") == perturb.LIGHT_TAIL_EVALS_CPU == 128
     assert perturb.cpu_evals_per_step(heavy_tail, heavy, features, "gpu") == 256
     # the baselines' item sweeps take the same rule, unless the user names a chunk or a budget
     cpu = jax.local_devices()[:1]
