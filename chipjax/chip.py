@@ -211,9 +211,9 @@ def chip_maps(tap: Tap, x: ImagesIn, targets: TargetsIn, *, seed: int = DEFAULTS
       nonneg: constrain weights ≥ 0.
       design: mask design, ``iid`` (the paper's reading) or ``balanced``
         (:func:`chipjax.perturb.sample_masks`).
-      chunk_size: perturbed evaluations per step (default ≈ 256; 16 for heavy tails on CPU,
-        :func:`chipjax.perturb.cpu_evals_per_step`; or what ``memory_budget``
-        allows); memory ∝ chunk.
+      chunk_size: perturbed evaluations per step (default ≈ 256 on GPU/TPU; on CPU 128 for light
+        tails, 8 and up for heavy ones, :func:`chipjax.perturb.cpu_evals_per_step`; or what
+        ``memory_budget`` allows); memory ∝ chunk.
       features: ``tap.head(x)`` if already computed.
       memory_budget: bytes one device may use for the perturbation sweep; picks the chunk (at
         most ``chunk_size`` when both are given) and raises :class:`~chipjax.errors.ResourceError`
