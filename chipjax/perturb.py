@@ -163,8 +163,8 @@ def _lowered_tail_cost(tail_fn: Callable, variables: Any, features: jax.Array) -
     spec = jax.ShapeDtypeStruct((1, *features.shape[1:]), features.dtype)
     abstract = _abstract(variables, None)
     try:
-        cost = jax.jit(tail_fn).lower(abstract, spec).cost_analysis()
-        closed = jax.make_jaxpr(tail_fn)(abstract, spec)
+        traced = jax.jit(tail_fn).trace(abstract, spec)  # one trace: its jaxpr and its lowering
+        closed, cost = traced.jaxpr, traced.lower().cost_analysis()
     except Exception:  # a backend without cost analysis: no rule, the default chunk
         return None
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
