@@ -113,10 +113,10 @@ def default_chunk(num_masks: int, batch: int, evals_per_step: int = DEFAULT_EVAL
 #: (ms per evaluation, 16 vs 256 per step): ResNet-50 ``layer3`` (1.5 GFLOP) 11.6 vs 15.9, Lite0
 #: ``blocks.15.expand`` (81 MFLOP) 0.57 vs 0.68; at B = 8: 14.8 vs 17.1 and 0.57 vs 0.63. Light tails (ResNet-50
 #: ``layer4``, Lite0 ``head``: 3–4 MFLOP, per-step overheads dominate) keep large steps: at B = 8 16 per step
-#: cost them 10–30 % against 256 (:data:`LIGHT_TAIL_EVALS_CPU`). On GPU/TPU every tail keeps :data:`DEFAULT_EVALS_PER_STEP`. The baselines' sweeps
-#: (:func:`items_per_step`) take the same rule; B = 1, ms per evaluation, 16 vs their old default:
-#: Ablation-CAM at ResNet-50 ``layer3`` 13.3 vs 18.7 (256), Score-CAM on Lite0 (whole network) 11.5 vs
-#: 13.3 (64), RISE 10.6 vs 11.3 (64).
+#: cost them 10–30 % against 256 (:data:`LIGHT_TAIL_EVALS_CPU`). On GPU/TPU every tail keeps
+#: :data:`DEFAULT_EVALS_PER_STEP`. The baselines' sweeps (:func:`items_per_step`) take the same rule; B = 1,
+#: ms per evaluation, 16 vs their old default: Ablation-CAM at ResNet-50 ``layer3`` 13.3 vs 18.7 (256),
+#: Score-CAM on Lite0 (whole network) 11.5 vs 13.3 (64), RISE 10.6 vs 11.3 (64).
 HEAVY_TAIL_FLOPS = 5e7
 #: The smallest step of a heavy tail on CPU. On a 2-core AVX-512 CPU (2026-12-03), ms per evaluation at
 #: 8 vs 16 per step: ResNet-50 ``layer3`` 4.3 vs 5.0 (bf16 2.6 vs 3.2), ResNet-18 ``layer3`` 2.2 vs 2.7,
@@ -155,11 +155,11 @@ def tail_cost(tail_fn: Callable, variables: Any, features: jax.Array) -> TailCos
     if key not in _TAIL_COSTS:
         if len(_TAIL_COSTS) >= 256:  # taps made on the fly (lambdas): keep the cache bounded
             _TAIL_COSTS.clear()
-        _TAIL_COSTS[key] = _lowered_tail_cost(tail_fn, variables, features)
+        _TAIL_COSTS[key] = _lowered_tail_cost(tail_fn, variables, features, num_leaves=len(leaves))
     return _TAIL_COSTS[key]
 
 
-def _lowered_tail_cost(tail_fn: Callable, variables: Any, features: jax.Array) -> TailCost | None:
+def _lowered_tail_cost(tail_fn: Callable, variables: Any, features: jax.Array, *, num_leaves: int) -> TailCost | None:
     spec = jax.ShapeDtypeStruct((1, *features.shape[1:]), features.dtype)
     abstract = _abstract(variables, None)
     try:
@@ -171,7 +171,7 @@ def _lowered_tail_cost(tail_fn: Callable, variables: Any, features: jax.Array) -
     if not cost or "flops" not in cost:
         return None
     used = {id(v) for eqn in closed.jaxpr.eqns for v in eqn.invars} | {id(v) for v in closed.jaxpr.outvars}
-    weights = closed.jaxpr.invars[:len(jax.tree.leaves(abstract))]
+    weights = closed.jaxpr.invars[:num_leaves]  # the variables' leaves, in order, then the features
     weight_bytes = sum(math.prod(v.aval.shape) * v.aval.dtype.itemsize for v in weights if id(v) in used)
     return TailCost(flops=float(cost["flops"]), weight_bytes=float(weight_bytes))
 
