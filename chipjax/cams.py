@@ -32,7 +32,7 @@ from . import perturb
 from .errors import InputError
 from .heatmaps import heatmap, normalize01, upsample
 from .options import AblationCamOptions, RiseOptions, ScoreCamOptions
-from .tap import Tap
+from .tap import Tap, channel_mask_site
 
 #: A gradient whose spatial spread exceeds this fraction of its largest magnitude is "not constant" (CAM check).
 CAM_TOLERANCE = 1e-4
@@ -302,10 +302,11 @@ def ablationcam_maps_with(tap: Tap, x: jax.Array, targets: jax.Array, options: A
                           features: jax.Array | None = None) -> jax.Array:
     """:func:`ablationcam_maps` with its options already checked: ``(B, S, S)`` in [0, 1]."""
     A = feature_maps(tap, x, features)
-    chunk = perturb.items_per_step(tap.tail_fn, tap.variables, A, num_items=A.shape[-1], chunk_size=options.chunk_size,
+    tail_fn, variables, site = channel_mask_site(tap, A)
+    chunk = perturb.items_per_step(tail_fn, variables, site, num_items=A.shape[-1], chunk_size=options.chunk_size,
                                    default=256, memory_budget=options.memory_budget,
                                    compute_dtype=options.compute_dtype)
-    W = ablation_weights(tap.tail_fn, tap.variables, A, as_targets(targets), chunk=chunk, score=options.score,
+    W = ablation_weights(tail_fn, variables, site, as_targets(targets), chunk=chunk, score=options.score,
                          compute_dtype=_dtype(options.compute_dtype))
     return heatmap(A, W, x.shape[1:3])
 

@@ -34,7 +34,7 @@ from .errors import InputError, WeightsError
 from .heatmaps import heatmap, normalize01
 from .options import ChipOptions, FitOptions
 from .shapes import FeaturesIn, ImagesIn, Maps, MapsIn, TargetsIn
-from .tap import Tap
+from .tap import Tap, channel_mask_site
 
 #: CHIP's defaults, as :class:`chipjax.options.ChipOptions` declares them (written there once).
 DEFAULTS = {name: getattr(ChipOptions, name) for name in ("num_masks", "keep_prob", "lam_ratio", "score", "nonneg",
@@ -119,7 +119,8 @@ def image_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Ar
       ``W (B, K)`` and the shared-layout :class:`~chipjax.stats.Stats`.
     """
     targets = jnp.asarray(targets, jnp.int32)
-    stats = perturb.shared_perturbation_stats(tap.tail_fn, tap.variables, features, key, num_masks=num_masks,
+    tail_fn, variables, site = channel_mask_site(tap, features)
+    stats = perturb.shared_perturbation_stats(tail_fn, variables, site, key, num_masks=num_masks,
                                               chunk=chunk, keep_prob=keep_prob, design=design, score=score,
                                               classes=targets[:, None], memory_budget=memory_budget, first=first,
                                               devices=devices, compute_dtype=compute_dtype)
@@ -169,12 +170,13 @@ def auto_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Arr
             raise InputError(f"{name} must be an integer ≥ 2, got {value!r}")
     lam_ratio, nonneg = options.pop("lam_ratio", DEFAULTS["lam_ratio"]), options.pop("nonneg", DEFAULTS["nonneg"])
     targets = jnp.asarray(targets, jnp.int32)
+    tail_fn, variables, site = channel_mask_site(tap, features)
     halves: list[st.Stats | None] = [None, None]
     checks: list[jax.Array | None] = [None, None]  # each half's weights, warm-starting the next check
     used, predicted = 0, np.zeros(features.shape[0])
     while True:
         for h in (0, 1):
-            part = perturb.shared_perturbation_stats(tap.tail_fn, tap.variables, features, key, num_masks=round_masks,
+            part = perturb.shared_perturbation_stats(tail_fn, variables, site, key, num_masks=round_masks,
                                                      classes=targets[:, None], first=used, **options)
             halves[h] = part if halves[h] is None else _merge_shared(halves[h], part)
             checks[h] = solve_shared(halves[h], lam_ratio, nonneg=nonneg, W0=checks[h], max_iter=AUTO_CHECK_ITERS,
@@ -261,6 +263,31 @@ def batch_arrays(batch) -> tuple[Any, Any]:
         x, labels = batch
         return x, labels
     return batch, None
+
+
+#: Refined CHIP with ``layer_masks="per-channel"`` rounds each layer's mask count up to a multiple of this.
+LAYER_MASKS_MULTIPLE = 64
+
+
+def layer_mask_counts(num_masks: int, channels: Sequence[int], rule: str = "equal") -> list[int]:
+    """Masks for each layer of Refined CHIP: ``L`` channel counts -> ``L`` mask counts.
+
+    ``equal``: ``num_masks`` everywhere. ``per-channel``: ``num_masks`` at the widest layer and
+    the same number of masks per channel at the others (``⌈num_masks · K_l / K_max⌉``, rounded up
+    to a multiple of :data:`LAYER_MASKS_MULTIPLE`, never above ``num_masks``): the lasso's noise
+    grows with ``K / N``, so this keeps it about equal across layers while a narrow, shallow
+    layer — whose tail is the longest — runs fewer perturbed networks.
+    """
+    if rule == "equal":
+        return [int(num_masks)] * len(channels)
+    if rule != "per-channel":
+        raise InputError(f"unknown layer_masks {rule!r}; choose equal or per-channel")
+    widest, step = max(channels), LAYER_MASKS_MULTIPLE
+    counts = []
+    for k in channels:
+        per_channel = -(-int(num_masks) * int(k) // widest)  # ⌈N · K_l / K_max⌉
+        counts.append(min(int(num_masks), -(-per_channel // step) * step))
+    return counts
 
 
 def fuse_maps(maps: Sequence[MapsIn], fusion: str = "geometric") -> Maps:
@@ -512,7 +539,8 @@ class ClassStatsAccumulator:
         else:
             own_class = False
         chunk = min(max(1, self.chunk_size // batch), self.options["num_masks"])
-        s = perturb.shared_perturbation_stats(self.tap.tail_fn, self.tap.variables, A, self.key, chunk=chunk,
+        tail_fn, variables, site = channel_mask_site(self.tap, A)
+        s = perturb.shared_perturbation_stats(tail_fn, variables, site, self.key, chunk=chunk,
                                               classes=labels[:, None] if own_class else None,
                                               compute_dtype=self.compute_dtype, **self.options)
         if self.mask_stats is None:

@@ -93,6 +93,7 @@ OPTIONS: dict[str, Option] = {
     "stability": Option("float", 0.0, 1.0, low_open=True, high_open=True),
     "max_masks": Option("int", 2, MAX_MASKS),
     "fusion": Option("choice", choices=("geometric", "mean", "max")),
+    "layer_masks": Option("choice", choices=("equal", "per-channel")),
     "memory_budget": Option("bytes", 1, MAX_BYTES),
     "compute_dtype": Option("choice", choices=("float32", "bfloat16", "float16"), flag="--dtype"),
     # RISE
@@ -309,6 +310,9 @@ class RefinedChipOptions(ChipOptions):
     """Refined CHIP: CHIP at several layers, fused (docs/DESIGN.md §1.6)."""
 
     fusion: str = option_field("geometric", "how the layers' maps are fused: geometric (mean), mean or max")
+    layer_masks: str = option_field("per-channel", "masks per layer: per-channel (num_masks at the widest layer, "
+                                                   "the same masks per channel elsewhere) or equal (num_masks at "
+                                                   "every layer)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,12 +38,18 @@ class Tap:
       head_fn: ``(variables, x (B, S, S, 3)) -> A (B, H, W, K)``, pure.
       tail_fn: ``(variables, A (N, H, W, K)) -> logits (N, C)``, pure.
       variables: the weights both take.
+      prefix_fn, rest_fn: optional split ``tail_fn = rest_fn ∘ prefix_fn`` where ``prefix_fn`` is
+        *channel-wise* (output channel k depends on input channel k alone: depthwise convolution,
+        batch norm, activation, pooling) and keeps the K channels; channel masks then act after it
+        (:func:`channel_mask_site`). Zoo taps set it where the units after the tap allow; None: no split.
     """
 
     layer: str
     head_fn: Callable[[Any, jax.Array], jax.Array]
     tail_fn: Callable[[Any, jax.Array], jax.Array]
     variables: Any
+    prefix_fn: Callable[[Any, jax.Array], jax.Array] | None = None
+    rest_fn: Callable[[Any, jax.Array], jax.Array] | None = None
 
     def head(self, x: jax.Array) -> jax.Array:
         """Feature maps ``(B, H, W, K)`` of images ``(B, S, S, 3)``."""
@@ -52,6 +58,44 @@ class Tap:
     def tail(self, a: jax.Array) -> jax.Array:
         """Logits ``(N, C)`` of feature maps ``(N, H, W, K)``."""
         return _jit(self.tail_fn)(self.variables, a)
+
+
+def channel_mask_site(tap: Tap, features: jax.Array) -> tuple[Callable, Any, jax.Array]:
+    """Where binary channel masks of ``tap`` are cheapest to evaluate: ``(tail_fn, variables, site)``
+    with ``tail_fn(variables, site * m) == tap.tail_fn(tap.variables, features * m)`` for every
+    ``m ∈ {0, 1}^K`` (up to float rounding).
+
+    Without a channel-wise prefix (``tap.prefix_fn is None``) that is the tap itself. With one, a
+    channel switched off at the tap leaves its prefix output at ``P0 = prefix(0)`` and one left on
+    at ``P1 = prefix(A)``, so ``prefix(A ⊙ m) = P0 + m ⊙ (P1 − P0)``: the prefix runs once per image
+    instead of once per mask, and the perturbed networks run only ``rest_fn`` (EfficientNet's
+    ``blocks.i.expand`` taps skip the next depthwise convolution; ``head`` taps the global pooling).
+
+    Args:
+      features: ``(B, H, W, K)`` at the tap.
+    Returns:
+      ``tail_fn``, ``variables`` and ``site (B, ..., K)``: ``features`` itself, or ``P1 − P0``
+      (``P0`` travels in ``variables``). For binary masks only: CHIP's and Ablation-CAM's.
+    """
+    if tap.prefix_fn is None:
+        return tap.tail_fn, tap.variables, features
+    prefix = _jit(tap.prefix_fn)
+    off = prefix(tap.variables, jnp.zeros((1, *features.shape[1:]), features.dtype))  # (1, ..., K)
+    return _offset_tail(tap.rest_fn), {"tap": tap.variables, "offset": off}, prefix(tap.variables, features) - off
+
+
+_OFFSET_TAILS: dict[Callable, Callable] = {}
+
+
+def _offset_tail(rest_fn: Callable) -> Callable:
+    """``(variables, d) -> rest_fn(variables["tap"], d + variables["offset"])``, one function per ``rest_fn``
+    (the engine's compiled sweeps are keyed on the tail function)."""
+    if rest_fn not in _OFFSET_TAILS:
+        def tail_fn(variables, d):
+            return rest_fn(variables["tap"], d + variables["offset"].astype(d.dtype))
+
+        _OFFSET_TAILS[rest_fn] = tail_fn
+    return _OFFSET_TAILS[rest_fn]
 
 
 _JIT_CACHE: dict[Callable, Callable] = {}

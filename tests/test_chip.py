@@ -213,8 +213,23 @@ def test_user_flax_module_explained_by_layer_name(small_cnn):
     np.testing.assert_allclose(np.asarray(fused), np.asarray(expected), atol=1e-5)
     with pytest.raises(InputError, match="list of its taps"):
         cj.explain(taps, x, method="refined-chip", layer="conv1")
+    # per-channel mask counts: conv1 (8 channels) gets half the masks of conv2 (16)
+    target = jnp.argmax(module.apply(variables, x), -1)
+    fused = cj.explain(taps, x, method="refined-chip", num_masks=128, layer_masks="per-channel")
+    expected = chip.fuse_maps([cj.explain(t, x, method="chip", num_masks=n, target=target)
+                               for t, n in zip(taps, (64, 128))])
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(expected), atol=1e-5)
     with pytest.raises(InputError, match="seed"):
         cj.explain(tap, x, method="chip", num_masks=64, seed="0")
+
+
+def test_layer_mask_counts_equal_and_per_channel():
+    assert chip.layer_mask_counts(2048, [672, 1152, 1280]) == [2048, 2048, 2048]
+    # ⌈2048·672/1280⌉ = 1076 -> 1088 and ⌈2048·1152/1280⌉ = 1844 -> 1856 (multiples of 64)
+    assert chip.layer_mask_counts(2048, [672, 1152, 1280], "per-channel") == [1088, 1856, 2048]
+    assert chip.layer_mask_counts(100, [1, 4], "per-channel") == [64, 100]  # never above num_masks
+    with pytest.raises(InputError, match="per-channel"):
+        chip.layer_mask_counts(2048, [8, 16], "by-depth")
 
 
 def class_level_reference(V, feats, labels, num_masks, seed, lam_ratio):

@@ -221,3 +221,24 @@ def test_every_tap_splits_the_model_exactly(rng):
     assert a.shape == (1, 3, 3, 1152) and float(a.min()) >= 0.0 and float(a.max()) <= 6.0  # post-ReLU6
     np.testing.assert_allclose(a, outputs["blocks.15.expand"], atol=1e-5)
     np.testing.assert_allclose(tap.tail(a), logits, atol=1e-5)
+
+
+def test_channel_masks_after_the_channelwise_prefix_equal_masks_at_the_tap(rng):
+    """``blocks.i.expand`` taps skip the next depthwise unit per mask and ``head`` the pooling
+    (:func:`chipjax.tap.channel_mask_site`): the same logits as the whole tail on masked features."""
+    from chipjax.tap import channel_mask_site
+
+    model = lite_model(0)
+    x = jnp.asarray(rng.uniform(-1, 1, (2, 67, 67, 3)), jnp.float32)
+    for layer, prefixed in (("blocks.15.expand", True), ("head", True), ("blocks.14", False)):
+        tap = model.tap(layer)
+        assert (tap.prefix_fn is not None) == prefixed
+        a = tap.head(x)
+        K = a.shape[-1]
+        masks = np.concatenate([np.ones((1, K)), np.zeros((1, K)), rng.uniform(size=(4, K)) < 0.5]).astype(np.float32)
+        tail_fn, variables, site = channel_mask_site(tap, a)
+        assert site.shape[-1] == K
+        for m in masks:
+            want = np.asarray(tap.tail(a * m))
+            got = np.asarray(jax.jit(tail_fn)(variables, site * m))
+            np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())

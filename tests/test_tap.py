@@ -304,3 +304,24 @@ def test_methods_on_a_skip_tap_equal_their_hand_split_references():
                                atol=1e-5)
     np.testing.assert_allclose(np.asarray(cams.rise_maps(tap, X, targets, num_masks=32)),
                                np.asarray(cams.rise_maps(whole, X, targets, num_masks=32)), atol=1e-5)
+
+
+def test_channel_mask_site_moves_binary_masks_past_a_channelwise_prefix(rng):
+    """``rest(P0 + m ⊙ (P1 − P0)) == rest(prefix(A ⊙ m))`` for binary m, with a per-channel affine
+    + ReLU6 prefix whose value at 0 is not 0 (a batch-norm bias); a tap without a prefix is returned as is."""
+    from chipjax.tap import Tap, channel_mask_site
+
+    K = 6
+    scale, shift = rng.normal(size=K).astype(np.float32), rng.uniform(0.5, 1.0, K).astype(np.float32)
+    V = rng.normal(size=(K, 3)).astype(np.float32)
+    prefix = lambda v, a: jnp.clip(a * v["s"] + v["b"], 0, 6)[:, ::2, ::2]  # noqa: E731 channel-wise, strided
+    rest = lambda v, p: p.mean(axis=(1, 2)) @ v["V"]  # noqa: E731
+    variables = {"s": scale, "b": shift, "V": V}
+    tap = Tap("t", lambda v, x: x, lambda v, a: rest(v, prefix(v, a)), variables, prefix_fn=prefix, rest_fn=rest)
+    a = jnp.asarray(rng.uniform(-1, 2, (2, 8, 8, K)), jnp.float32)
+    tail_fn, site_vars, site = channel_mask_site(tap, a)
+    assert site.shape == (2, 4, 4, K)
+    for m in (rng.uniform(size=(5, K)) < 0.5).astype(np.float32):
+        np.testing.assert_allclose(tail_fn(site_vars, site * m), tap.tail_fn(variables, a * m), rtol=1e-5, atol=1e-6)
+    plain = Tap("t", tap.head_fn, tap.tail_fn, variables)
+    assert channel_mask_site(plain, a) == (plain.tail_fn, variables, a)

@@ -43,6 +43,9 @@ class ArchSpec:
         :class:`~chipjax.errors.WeightsError` naming any missing/extra/mis-shaped key.
       key_table: ``() -> {torch key: KeyEntry}``, the table ``convert`` reads with and
         :meth:`Model.torch_state_dict` writes with (:mod:`chipjax.models.keymap`); ``None``: no torch layout.
+      channelwise_units: units whose output channel k depends on input channel k alone (depthwise
+        convolution + BN + activation, pooling) with the channel count kept; a tap right before a run
+        of them gets that run as its channel-wise prefix (:func:`chipjax.tap.channel_mask_site`).
     """
 
     name: str
@@ -58,6 +61,7 @@ class ArchSpec:
     min_size: int = 1
     convert: Callable[[Mapping[str, np.ndarray]], Variables] | None = None
     key_table: Callable[[], Mapping[str, Any]] | None = None
+    channelwise_units: frozenset[str] = frozenset()
 
 
 def tap_names(units: Sequence[str], aliases: Mapping[str, str]) -> list[str]:
@@ -148,7 +152,21 @@ class Model:
         def tail_fn(variables, a):
             return module.apply(variables, a, start=split, stop=None)
 
-        return Tap(layer=name, head_fn=head_fn, tail_fn=tail_fn, variables=self.variables)
+        units = self.spec.units
+        cut = split  # the channel-wise run after the tap (never the last unit)
+        while cut < len(units) - 1 and units[cut] in self.spec.channelwise_units:
+            cut += 1
+        if cut == split:
+            return Tap(layer=name, head_fn=head_fn, tail_fn=tail_fn, variables=self.variables)
+
+        def prefix_fn(variables, a):
+            return module.apply(variables, a, start=split, stop=cut)
+
+        def rest_fn(variables, p):
+            return module.apply(variables, p, start=cut, stop=None)
+
+        return Tap(layer=name, head_fn=head_fn, tail_fn=tail_fn, variables=self.variables, prefix_fn=prefix_fn,
+                   rest_fn=rest_fn)
 
     # --- data --------------------------------------------------------------------
     @property

@@ -370,6 +370,7 @@ def efficientnet_lite_spec(i: int) -> ArchSpec:
         pretrained=lambda: pretrained_path(i),
         default_layer="head",
         stage_layers=lite_stage_layers(i),
+        channelwise_units=frozenset(u.name for u in lite_units(i) if u.kind in ("dw", "avgpool")),
     )
 
 
