@@ -81,13 +81,22 @@ def block(value: Any) -> Any:
         return value
 
 
-def interleaved(cases: Mapping[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+#: Seconds :func:`interleaved` waits (untimed) before each call: after a call, idle OpenMP / OpenBLAS
+#: worker threads (torch, scikit-learn) spin for a while and take the cores from whatever runs next
+#: (measured 2026-12-07: Lite0 ``head`` CHIP auto right after the torch CHIP 92–96 ms, after a 0.2 s
+#: pause 67–70 ms).
+SETTLE_S = 0.2
+
+
+def interleaved(cases: Mapping[str, Callable[[], Any]], reps: int, warmup: int = 1,
+                settle: float = SETTLE_S) -> dict[str, list[float]]:
     """Seconds per call of each case, measured alternately.
 
     Args:
       cases: name -> zero-argument callable doing one unit of work (its result is blocked on).
       reps: timed repetitions of every case.
       warmup: untimed calls of every case first (compilation, caches).
+      settle: untimed pause before every timed call (:data:`SETTLE_S`).
     Returns:
       name -> list of ``reps`` wall times.
     """
@@ -99,6 +108,7 @@ def interleaved(cases: Mapping[str, Callable[[], Any]], reps: int, warmup: int =
     for r in range(reps):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
+            time.sleep(settle)
             start = time.perf_counter()
             block(cases[name]())
             times[name].append(time.perf_counter() - start)

@@ -10,7 +10,7 @@ objective ``1/(2N) ‖Y_c − M w‖² + λ_c ‖w‖₁`` up to the constant ``
 :mod:`chipjax.stats`.
 
 Method: FISTA with gradient-based adaptive restart (O'Donoghue & Candès 2015), per class,
-step ``1/L`` with ``L`` the largest eigenvalue of ``G`` from power iteration (times a safety
+step ``1/L`` with ``L`` the largest eigenvalue of ``G`` from a short Lanczos run (times a safety
 factor, raised on the fly if an iterate ever sees more curvature). All classes run in one
 ``lax.while_loop``; the loop body does one ``(K, K) @ (K, C)`` matmul (``G @ Y`` follows from
 ``G @ X`` by linearity). A class stops (its column freezes) once its relative duality gap is
@@ -52,8 +52,8 @@ from .errors import InputError
 from .shapes import CrossIn, GramIn, LassoWeights, PerClass, Scalar
 
 _HIGHEST = lax.Precision.HIGHEST
-_POWER_ITERS = 100
-_SAFETY = 1.05  # step 1/(1.05 L): margin for power iteration's underestimate of the top eigenvalue
+_LANCZOS_STEPS = 32
+_SAFETY = 1.05  # step 1/(1.05 L): margin for Lanczos' underestimate of the top eigenvalue
 _CONSTANT_CHANNEL = 1e-6  # a channel whose variance is below 1e-6 × the largest is constant (rounding)
 _TRUSTED_STEP = 1e-3  # curvature along a step is trusted when ‖step‖ ≥ this × ‖w‖ (rounding)
 _STALL_PATIENCE = 20  # a class whose gap has not fallen 10 % for 20 + a quarter of its iterations is at rounding
@@ -89,8 +89,14 @@ def lambda_max(R: CrossIn, nonneg: bool = False) -> PerClass:
     return _lambda_max(R, nonneg)
 
 
-def top_eigenvalue(G: GramIn, num_iters: int = _POWER_ITERS) -> Scalar:
-    """``()`` largest eigenvalue of a symmetric PSD ``G (K, K)`` by power iteration (a lower bound, close)."""
+def top_eigenvalue(G: GramIn, num_iters: int = _LANCZOS_STEPS) -> Scalar:
+    """``()`` largest eigenvalue of a symmetric PSD ``G (K, K)``: the top Ritz value of ``num_iters``
+    Lanczos steps with full reorthogonalisation (a lower bound, close).
+
+    On centred Bernoulli(0.5) mask Grams (K = 1 280, N = 256 … 8 192) 32 steps come within 2e-4 of
+    the exact value in 2.4 ms on 2 CPU cores, where 100 power iterations came within 0.3–0.7 % in
+    3.5–9 ms: the spectrum has no gap at its top, which slows power iteration, not Lanczos.
+    """
     G = jnp.asarray(G)
     if G.ndim != 2 or G.shape[0] != G.shape[1]:
         raise InputError(f"G must be square (K, K); got {G.shape}")
@@ -120,7 +126,7 @@ def lasso(
       tol: stop a class once its relative duality gap is ≤ tol (see the module doc).
       y_var: optional ``(C,)`` score variances (:func:`chipjax.stats.score_var`) for the exact gap.
       lipschitz: optional ``()`` top eigenvalue of ``G`` (:func:`top_eigenvalue`), when the
-        caller has it (image-level CHIP caches it per mask stream); default: power iteration here.
+        caller has it (image-level CHIP caches it per mask stream); default: :func:`top_eigenvalue` here.
         The step grows safe on the fly if it was too small an estimate.
 
     Float32 unless the inputs are float64 (with x64 enabled). Raises
@@ -207,13 +213,13 @@ def chip_weights(
 
 @partial(jax.jit, static_argnames=("nonneg",))
 def _lasso_jit(G, R, lam, W0, y_var, tol, max_iter, nonneg, lipschitz):
-    L = _SAFETY * (_top_eigenvalue(G, _POWER_ITERS) if lipschitz is None else lipschitz)
+    L = _SAFETY * (_top_eigenvalue(G, _LANCZOS_STEPS) if lipschitz is None else lipschitz)
     return _fista(G, R, lam, W0, y_var, L, tol, max_iter, nonneg)
 
 
 @partial(jax.jit, static_argnames=("nonneg",))
 def _path_jit(G, R, lams, W0, y_var, tol, max_iter, nonneg):
-    L = _SAFETY * _top_eigenvalue(G, _POWER_ITERS)
+    L = _SAFETY * _top_eigenvalue(G, _LANCZOS_STEPS)
 
     def step(W, lam):
         W, _ = _fista(G, R, lam, W, y_var, L, tol, max_iter, nonneg)
@@ -273,7 +279,7 @@ def _fista(G, R, lam, W0, y_var, L, tol, max_iter, nonneg):
         X = jnp.where(keep, X, 0)
         GX = _matmul(G, X)
         # Curvature seen along this step (trusted on steps well above rounding): if it exceeds
-        # L, power iteration fell short and the step was too long: raise L and restart.
+        # L, the eigenvalue estimate fell short and the step was too long: raise L and restart.
         D = X - s.Y
         dd = jnp.sum(D * D, axis=0)
         curv = jnp.sum(D * (GX - s.GY), axis=0) / jnp.where(dd > 0, dd, 1)
@@ -349,18 +355,32 @@ def _lambda_max(R, nonneg):
 
 
 def _top_eigenvalue(G, num_iters):
-    v = jax.random.normal(jax.random.key(0), (G.shape[0],), G.dtype)
+    """Lanczos from a fixed random start: ``m = min(num_iters, K)`` steps, every new vector
+    reorthogonalised (twice) against the earlier ones, then the top eigenvalue of the ``m × m``
+    tridiagonal. A Krylov space that closes early (``G`` of rank < m) leaves zero vectors and zero
+    rows, which add eigenvalues 0 and change nothing else."""
+    K = G.shape[0]
+    m = max(1, min(int(num_iters), K))
+    v0 = jax.random.normal(jax.random.key(0), (K,), G.dtype)
+    V = jnp.zeros((m + 1, K), G.dtype).at[0].set(v0 / jnp.linalg.norm(v0))
 
-    def power_step(_, v):
-        Gv = jnp.matmul(G, v, precision=_HIGHEST)
-        norm = jnp.linalg.norm(Gv)
-        return jnp.where(norm > 0, Gv / jnp.where(norm > 0, norm, 1), v)
+    def lanczos_step(j, carry):
+        V, alpha, beta = carry
+        w = jnp.matmul(G, V[j], precision=_HIGHEST)
+        a = jnp.vdot(w, V[j])
+        for _ in range(2):  # rows after j are still zero
+            w = w - jnp.matmul(jnp.matmul(V, w, precision=_HIGHEST), V, precision=_HIGHEST)
+        b = jnp.linalg.norm(w)
+        V = V.at[j + 1].set(jnp.where(b > 0, w / jnp.where(b > 0, b, 1), 0))
+        return V, alpha.at[j].set(a), beta.at[j].set(b)
 
-    v = lax.fori_loop(0, num_iters, power_step, v / jnp.linalg.norm(v))
-    return jnp.maximum(jnp.vdot(v, jnp.matmul(G, v, precision=_HIGHEST)) / jnp.vdot(v, v), 0)
+    zeros = jnp.zeros((m,), G.dtype)
+    _, alpha, beta = lax.fori_loop(0, m, lanczos_step, (V, zeros, zeros))
+    T = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
+    return jnp.maximum(jnp.linalg.eigvalsh(T)[-1], 0)
 
 
-# Compiled once per shape: called eagerly, the power iteration's loop was traced and compiled on every call
+# Compiled once per shape: called eagerly, the eigenvalue loop was traced and compiled on every call
 # (244 against 8.4 ms at K = 1280).
 _top_eigenvalue_jit = jax.jit(_top_eigenvalue, static_argnums=1)
 
