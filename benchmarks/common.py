@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -81,34 +81,44 @@ def block(value: Any) -> Any:
         return value
 
 
-#: Seconds :func:`interleaved` waits (untimed) before each call: after a call, idle OpenMP / OpenBLAS
-#: worker threads (torch, scikit-learn) spin for a while and take the cores from whatever runs next
-#: (measured 2026-12-07: Lite0 ``head`` CHIP auto right after the torch CHIP 92–96 ms, after a 0.2 s
-#: pause 67–70 ms).
-SETTLE_S = 0.2
+#: :func:`interleaved` with ``lead_in``: those cases, when their warm-up call took less than this many
+#: seconds, get an untimed call of the same case right before each timed one. A short call is at the mercy
+#: of what ran just before it (measured 2026-12-07 on 2 cores, Lite0 ``head``): chipjax CHIP auto right
+#: after the torch CHIP took 92–96 ms (torch's idle OpenMP and OpenBLAS threads spin on the cores), after
+#: its own call 60–64 ms; the torch CHIP itself is fastest right after a chipjax call (134 ms), slower after
+#: a 0.2 s pause (158 ms, cold threads) or after its own call (200 ms: its OpenBLAS threads spin into its
+#: next torch ops). So vs_torch_chip gives chipjax's short cases a lead-in and lets the torch cases follow a
+#: chipjax call: each side in the condition it runs fastest in.
+LEAD_IN_BELOW_S = 1.0
 
 
 def interleaved(cases: Mapping[str, Callable[[], Any]], reps: int, warmup: int = 1,
-                settle: float = SETTLE_S) -> dict[str, list[float]]:
+                lead_in: Collection[str] = ()) -> dict[str, list[float]]:
     """Seconds per call of each case, measured alternately.
 
     Args:
       cases: name -> zero-argument callable doing one unit of work (its result is blocked on).
       reps: timed repetitions of every case.
       warmup: untimed calls of every case first (compilation, caches).
-      settle: untimed pause before every timed call (:data:`SETTLE_S`).
+      lead_in: names of cases that, when their last warm-up call took less than
+        :data:`LEAD_IN_BELOW_S`, run once untimed right before each of their timed calls.
     Returns:
       name -> list of ``reps`` wall times.
     """
     names = list(cases)
+    took = {name: float("inf") for name in names}
     for _ in range(warmup):
         for name in names:
+            start = time.perf_counter()
             block(cases[name]())
+            took[name] = time.perf_counter() - start
+    lead = {name for name in lead_in if took[name] < LEAD_IN_BELOW_S}
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(reps):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            time.sleep(settle)
+            if name in lead:
+                block(cases[name]())
             start = time.perf_counter()
             block(cases[name]())
             times[name].append(time.perf_counter() - start)

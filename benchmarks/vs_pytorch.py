@@ -128,7 +128,8 @@ def run_arch(arch: str, size: int, ratio: float, reps: int, scorecam: bool) -> t
             f"pytorch-grad-cam {name}": run_cam,
             "torch tail loop": lambda n=perturbed: torch_tail_loop(net, xt, target, n),
         }
-        times = common.interleaved(cases, reps=reps, warmup=1)
+        times = common.interleaved(cases, reps=reps, warmup=1,
+                                   lead_in=[case for case in cases if case.startswith("chipjax")])
         for case, ts in times.items():
             t = common.median(ts)
             rows.append(dict(arch=arch, size=size, group=name, method=case, evals=perturbed, per_image=t,
