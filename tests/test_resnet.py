@@ -155,3 +155,32 @@ def test_num_batches_tracked_is_optional(resnet18_state):
     np.testing.assert_array_equal(
         np.asarray(variables["params"]["units_0"]["conv1"]["kernel"]), state["conv1.weight"].transpose(2, 3, 1, 0)
     )
+
+
+def test_channel_masks_after_the_pooling_equal_torch_with_masked_taps(rng, resnet18_pair):
+    """``layer4`` taps sweep after the global pooling and ``relu`` after the stem's max-pool
+    (:func:`chipjax.tap.channel_mask_site`); the logits equal torchvision's with the tapped module's
+    output multiplied by the mask (a forward hook)."""
+    import jax
+
+    from chipjax.tap import channel_mask_site
+
+    tmodel, model = resnet18_pair
+    x = rng.standard_normal((2, 64, 64, 3)).astype(np.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    for layer, prefixed in (("layer4", True), ("relu", True), ("layer3", False)):
+        tap = model.tap(layer)
+        assert (tap.prefix_fn is not None) == prefixed
+        a = tap.head(jnp.asarray(x))
+        tail_fn, variables, site = channel_mask_site(tap, a)
+        K = a.shape[-1]
+        for m in (rng.uniform(size=(3, K)) < 0.5).astype(np.float32):
+            mask = torch.from_numpy(m)[None, :, None, None]
+            hook = dict(tmodel.named_modules())[layer].register_forward_hook(lambda mod, inp, out: out * mask)
+            try:
+                with torch.no_grad():
+                    want = tmodel(xt).numpy()
+            finally:
+                hook.remove()
+            got = np.asarray(jax.jit(tail_fn)(variables, site * m))
+            np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())

@@ -18,6 +18,7 @@ import jax
 
 from .base import ArchSpec
 from .keymap import with_torch_keys
+from .layers import channelwise_units
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, mean_std_normalize, resize_crop_view
 
 Plan = Sequence[tuple[str, Callable[[], nn.Module]]]
@@ -109,5 +110,6 @@ def chain_spec(
         default_layer=default_layer,
         stage_layers=tuple(stage_layers),
         min_size=min_size,
+        channelwise_units=channelwise_units(plan()),
     )
     return with_torch_keys(spec, unit_prefix, tuple(ignored_prefixes))

@@ -16,7 +16,8 @@ Initialisers follow torchvision, so random-init models behave like torchvision's
 """
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -354,3 +355,18 @@ class AvgPoolFlatten(nn.Module):
         if tuple(self.output_size) == (1, 1):
             return x.mean(axis=(1, 2))
         return flatten_chw(adaptive_avg_pool2d(x, self.output_size))
+
+
+def channelwise_units(plan: Sequence[tuple[str, Callable[[], nn.Module]]]) -> frozenset[str]:
+    """Names of a plan's units that act on each channel alone and keep ``(B, ..., K)``: ``BatchNorm``,
+    ``ReLU``, ``MaxPool2d`` and the global ``AvgPoolFlatten((1, 1))`` (``ArchSpec.channelwise_units``).
+    ``AvgPoolFlatten`` to a larger grid flattens channels and pixels together (VGG), so it is not one."""
+
+    def channelwise(factory) -> bool:
+        cls = factory.func if isinstance(factory, functools.partial) else factory
+        if cls is AvgPoolFlatten:
+            return tuple(factory.keywords.get("output_size", ())) == (1, 1)
+        return cls in (BatchNorm, ReLU, MaxPool2d)
+
+    return frozenset(name for name, factory in plan if channelwise(factory))
+

@@ -23,7 +23,7 @@ import jax
 from ..errors import ModelError
 from .base import ArchSpec
 from .keymap import KeyEntry, convert_state_dict, with_torch_keys
-from .layers import AvgPoolFlatten, BatchNorm, MaxPool2d, conv2d, dense
+from .layers import AvgPoolFlatten, BatchNorm, MaxPool2d, channelwise_units, conv2d, dense
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, mean_std_normalize, resize_crop_view
 
 #: depth -> (block kind, blocks per stage), as torchvision builds them.
@@ -199,5 +199,6 @@ def resnet_spec(depth: int) -> ArchSpec:
         pretrained=None,
         default_layer="layer4",
         stage_layers=("layer2", "layer3", "layer4"),
+        channelwise_units=channelwise_units(resnet_plan(depth)),
     )
     return with_torch_keys(spec, STEM_PREFIX)

@@ -19,7 +19,7 @@ import jax
 from ..errors import ModelError
 from .base import ArchSpec
 from .keymap import KeyEntry, convert_state_dict, with_torch_keys
-from .layers import AvgPoolFlatten, BatchNorm, MaxPool2d, ReLU, conv2d, dense
+from .layers import AvgPoolFlatten, BatchNorm, MaxPool2d, ReLU, channelwise_units, conv2d, dense
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, mean_std_normalize, resize_crop_view
 
 M = "M"
@@ -130,5 +130,6 @@ def vgg_spec(depth: int, batch_norm: bool = False) -> ArchSpec:
         pretrained=None,
         default_layer=stages[-1],
         stage_layers=stages,
+        channelwise_units=channelwise_units(vgg_plan(depth, batch_norm)),
     )
     return with_torch_keys(spec)
