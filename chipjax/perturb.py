@@ -226,9 +226,11 @@ def sample_masks(key: jax.Array, indices: jax.Array, num_channels: int, keep_pro
       keep_prob: probability that a channel stays on.
       design: how the masks are drawn (:data:`DESIGNS`):
 
-        * ``"iid"`` (the paper's reading): independent Bernoulli draws, each from 16 random
-          bits (``keep_prob`` resolved to 2⁻¹⁶; 0.5 exactly), 3× cheaper than
-          ``jax.random.bernoulli``;
+        * ``"iid"`` (the paper's reading): independent Bernoulli draws. At ``keep_prob = 0.5``
+          (the default) each is one random bit, exactly Bernoulli(0.5) (2 048 × 2 048 masks:
+          1 against 9.5 ms on 2 CPU cores — the draws were a fifth of a sweep at light taps);
+          otherwise each comes from 16 random bits (``keep_prob`` resolved to 2⁻¹⁶), 3× cheaper
+          than ``jax.random.bernoulli``;
         * ``"balanced"``: exactly ``round(keep_prob * K)`` channels on, a uniformly random
           subset drawn by selection sampling (Knuth's Algorithm S).
 
@@ -240,6 +242,8 @@ def sample_masks(key: jax.Array, indices: jax.Array, num_channels: int, keep_pro
     """
     indices = jnp.asarray(indices)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
+    if design == "iid" and float(keep_prob) == 0.5:
+        return jax.vmap(lambda k: _random_bits(k, num_channels))(keys).astype(jnp.float32)
     if design == "iid":
         threshold = jnp.uint32(round(float(keep_prob) * 65536))
         return jax.vmap(lambda k: _uniform16(k, num_channels) < threshold)(keys).astype(jnp.float32)
@@ -247,6 +251,12 @@ def sample_masks(key: jax.Array, indices: jax.Array, num_channels: int, keep_pro
         raise InputError(f"unknown mask design {design!r}; choose one of {', '.join(DESIGNS)}")
     u = jax.vmap(lambda k: jax.random.uniform(k, (num_channels,)))(keys)  # (n, K)
     return _selection_sample(u, int(round(keep_prob * num_channels)))
+
+
+def _random_bits(key: jax.Array, size: int) -> jax.Array:
+    """``(size,)`` uint32 of independent fair bits (0 or 1): the 32 bits of ``ceil(size / 32)`` random words."""
+    words = jax.random.bits(key, (-(-size // 32),), jnp.uint32)
+    return ((words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1).reshape(-1)[:size]
 
 
 def _uniform16(key: jax.Array, size: int) -> jax.Array:

@@ -92,6 +92,18 @@ def test_bernoulli_masks_have_the_keep_probability():
     assert abs(masks.mean() - 0.3) < 0.01
 
 
+def test_fair_bit_masks_are_independent_bernoulli_halves():
+    """keep_prob 0.5 draws one random bit per channel (32 channels per random word): every channel on
+    half the time and no two channels correlated, within and across words, beyond sampling noise."""
+    N = 4000
+    masks = np.asarray(sample(jax.random.key(9), jnp.arange(N), 70, 0.5, "iid"))
+    assert set(np.unique(masks).tolist()) == {0.0, 1.0}
+    assert np.all(np.abs(masks.mean(0) - 0.5) < 5 * np.sqrt(0.25 / N))
+    r = np.corrcoef(masks.T) - np.eye(70)
+    assert np.abs(r).max() < 5 / np.sqrt(N)
+    assert len({row.tobytes() for row in masks}) == N  # 2^70 masks: no repeats
+
+
 # ------------------------------------------------------------------------------------------ stats
 
 
