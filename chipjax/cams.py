@@ -32,7 +32,7 @@ from . import perturb
 from .errors import InputError
 from .heatmaps import heatmap, normalize01, upsample
 from .options import AblationCamOptions, RiseOptions, ScoreCamOptions
-from .tap import Tap, channel_mask_site
+from .tap import Tap, ablated_entry, channel_mask_site
 
 #: A gradient whose spatial spread exceeds this fraction of its largest magnitude is "not constant" (CAM check).
 CAM_TOLERANCE = 1e-4
@@ -112,9 +112,9 @@ def spatial_spread(grads: jax.Array) -> jax.Array:
     return jnp.where(top > 0, dev / jnp.where(top > 0, top, 1.0), 0.0)
 
 
-@partial(jax.jit, static_argnames=("tail_fn", "chunk", "score", "compute_dtype", "devices"))
+@partial(jax.jit, static_argnames=("tail_fn", "chunk", "score", "compute_dtype", "devices", "entry"))
 def ablation_weights(tail_fn: Callable, variables: Any, features: jax.Array, targets: jax.Array, *, chunk: int,
-                     score: str = "logit", compute_dtype=None, devices=None) -> jax.Array:
+                     score: str = "logit", compute_dtype=None, devices=None, entry: tuple | None = None) -> jax.Array:
     """Ablation-CAM (Desai & Ramaswamy 2020), as pytorch-grad-cam computes it.
 
     ``W_k = (y − y^(k)) / y`` with ``y`` the target score and ``y^(k)`` the score with
@@ -127,18 +127,33 @@ def ablation_weights(tail_fn: Callable, variables: Any, features: jax.Array, tar
       score: ``logit`` (pytorch-grad-cam's ``ClassifierOutputTarget``), ``prob`` or ``logprob``.
       compute_dtype: e.g. ``jnp.bfloat16`` for the ablated tails (scores in float32).
       devices: devices to shard the channels over (default: every local device).
+      entry: ``(tap.entry_fn, tap.exit_fn, tap.entry_terms)`` where the tap has them: the entry runs
+        once and each ablation is a rank-1 update of it (:func:`chipjax.tap.ablated_entry`), then
+        the exit; the same scores as the whole tail on each ablated copy.
     Returns:
       ``(B, K)``; 0 where the unperturbed score is 0.
     """
     num_channels = features.shape[-1]
-    y = target_scores(tail_fn(variables, features), targets, score)  # (B,)
+    if entry is None:
+        y = target_scores(tail_fn(variables, features), targets, score)  # (B,)
 
-    def ablated(operands, idx):  # (c,) -> (c, B)
-        variables, features = operands
-        masks = 1.0 - jax.nn.one_hot(idx, num_channels, dtype=features.dtype)
-        return target_scores(perturb.perturbed_logits(tail_fn, variables, features, masks), targets, score)
+        def ablated(operands, idx):  # (c,) -> (c, B)
+            variables, features = operands
+            masks = 1.0 - jax.nn.one_hot(idx, num_channels, dtype=features.dtype)
+            return target_scores(perturb.perturbed_logits(tail_fn, variables, features, masks), targets, score)
 
-    operands = perturb.cast_floating((variables, features), compute_dtype)
+        operands = perturb.cast_floating((variables, features), compute_dtype)
+    else:
+        entry_fn, exit_fn, terms = entry
+        E = jax.jit(entry_fn)(variables, features)
+        y = target_scores(jax.jit(exit_fn)(variables, E), targets, score)
+
+        def ablated(operands, idx):  # (c,) -> (c, B)
+            variables, features, E = operands
+            one = lambda c: exit_fn(variables, ablated_entry(E, terms, variables, features, c))  # noqa: E731
+            return target_scores(jax.vmap(one)(idx), targets, score)
+
+        operands = perturb.cast_floating((variables, features, E), compute_dtype)
     y_k = perturb.sweep(ablated, operands, num_channels, chunk=chunk, devices=devices).T  # (B, K)
     safe = jnp.where(y != 0, y, 1.0)[:, None]
     return jnp.where(y[:, None] != 0, (y[:, None] - y_k) / safe, 0.0)
@@ -306,8 +321,9 @@ def ablationcam_maps_with(tap: Tap, x: jax.Array, targets: jax.Array, options: A
     chunk = perturb.items_per_step(tail_fn, variables, site, num_items=A.shape[-1], chunk_size=options.chunk_size,
                                    default=256, memory_budget=options.memory_budget,
                                    compute_dtype=options.compute_dtype)
+    entry = None if tap.entry_fn is None else (tap.entry_fn, tap.exit_fn, tap.entry_terms)
     W = ablation_weights(tail_fn, variables, site, as_targets(targets), chunk=chunk, score=options.score,
-                         compute_dtype=_dtype(options.compute_dtype))
+                         compute_dtype=_dtype(options.compute_dtype), entry=entry)
     return heatmap(A, W, x.shape[1:3])
 
 

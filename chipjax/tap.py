@@ -42,6 +42,11 @@ class Tap:
         *channel-wise* (output channel k depends on input channel k alone: depthwise convolution,
         batch norm, activation, pooling) and keeps the K channels; channel masks then act after it
         (:func:`channel_mask_site`). Zoo taps set it where the units after the tap allow; None: no split.
+      entry_fn, exit_fn, entry_terms: optional split ``tail_fn = exit_fn ∘ entry_fn`` where ``entry_fn``
+        returns a tuple of products linear in the features, each ``a[:, ::s, ::s] @ W`` for
+        ``entry_terms[i] = (path of W (1, 1, K, O) in variables, s)`` or ``a`` itself for ``(None, 1)``:
+        one channel's share of the entry is then a rank-1 term (:func:`ablated_entry`), so ablating a
+        channel costs the exit only (ResNet Bottleneck taps). None: no split.
     """
 
     layer: str
@@ -50,6 +55,9 @@ class Tap:
     variables: Any
     prefix_fn: Callable[[Any, jax.Array], jax.Array] | None = None
     rest_fn: Callable[[Any, jax.Array], jax.Array] | None = None
+    entry_fn: Callable[[Any, jax.Array], tuple] | None = None
+    exit_fn: Callable[[Any, tuple], jax.Array] | None = None
+    entry_terms: tuple | None = None
 
     def head(self, x: jax.Array) -> jax.Array:
         """Feature maps ``(B, H, W, K)`` of images ``(B, S, S, 3)``."""
@@ -82,6 +90,30 @@ def channel_mask_site(tap: Tap, features: jax.Array) -> tuple[Callable, Any, jax
     prefix = _jit(tap.prefix_fn)
     off = prefix(tap.variables, jnp.zeros((1, *features.shape[1:]), features.dtype))  # (1, ..., K)
     return _offset_tail(tap.rest_fn), {"tap": tap.variables, "offset": off}, prefix(tap.variables, features) - off
+
+
+def ablated_entry(entry: tuple, terms: tuple, variables: Any, features: jax.Array, channel: jax.Array) -> tuple:
+    """The entry (``tap.entry_fn(variables, features)``) of ``features`` with ``channel`` zeroed, from
+    the entry of ``features`` minus that channel's rank-1 share: ``a[..., c] ⊗ W[c]`` per kernel term
+    (``H'·W'·O`` products instead of ``H'·W'·K·O``), the features with channel c zeroed per identity term.
+
+    Args:
+      entry: the unablated entry, a tuple of ``(B, H', W', O)``; terms: ``tap.entry_terms``;
+      features: ``(B, H, W, K)``; channel: ``()`` int.
+    Returns:
+      the ablated entry, shaped as ``entry``.
+    """
+    out = []
+    for e, (path, stride) in zip(entry, terms):
+        if path is None:
+            out.append(e * (1 - jax.nn.one_hot(channel, features.shape[-1], dtype=e.dtype)))
+            continue
+        kernel = variables["params"]
+        for key in path:
+            kernel = kernel[key]
+        a_c = features[:, ::stride, ::stride, channel]  # (B, H', W')
+        out.append(e - a_c[..., None].astype(e.dtype) * kernel[0, 0, channel].astype(e.dtype))
+    return tuple(out)
 
 
 _OFFSET_TAILS: dict[Callable, Callable] = {}

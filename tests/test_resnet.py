@@ -184,3 +184,42 @@ def test_channel_masks_after_the_pooling_equal_torch_with_masked_taps(rng, resne
                 hook.remove()
             got = np.asarray(jax.jit(tail_fn)(variables, site * m))
             np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+
+
+def test_bottleneck_entry_ablates_a_channel_as_torch_does(rng):
+    """At a tap before a Bottleneck the tail splits into an entry linear in the features (``conv1`` and
+    the shortcut) and an exit; one channel's ablation is a rank-1 update of the entry
+    (:func:`chipjax.tap.ablated_entry`). Its logits equal torchvision's with that channel of the tapped
+    module's output zeroed (a forward hook), for a downsampling block (``layer3`` -> ``layer4.0``) and an
+    identity one (``layer3.2`` -> ``layer3.3``); Ablation-CAM's weights equal the whole-tail ones."""
+    import jax
+
+    from chipjax import cams
+    from chipjax.tap import ablated_entry
+
+    tmodel, model = resnet_pair(50)
+    x = rng.standard_normal((2, 64, 64, 3)).astype(np.float32)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    for layer, module in (("layer3", "layer3"), ("layer3.2", "layer3.2")):
+        tap = model.tap(layer)
+        assert tap.entry_fn is not None and (tap.entry_terms[1][0] is None) == (layer == "layer3.2")
+        a = tap.head(jnp.asarray(x))
+        entry = tap.entry_fn(tap.variables, a)
+        ablated = jax.jit(lambda v, a, e, c: tap.exit_fn(v, ablated_entry(e, tap.entry_terms, v, a, c)))
+        for c in rng.choice(a.shape[-1], 4, replace=False):
+            keep = torch.ones(a.shape[-1])
+            keep[int(c)] = 0
+            hook = dict(tmodel.named_modules())[module].register_forward_hook(
+                lambda mod, inp, out: out * keep[None, :, None, None])
+            try:
+                with torch.no_grad():
+                    want = tmodel(xt).numpy()
+            finally:
+                hook.remove()
+            got = np.asarray(ablated(tap.variables, a, entry, jnp.int32(c)))
+            np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+        targets = jnp.argmax(tap.tail(a), -1)
+        whole = cams.ablation_weights(tap.tail_fn, tap.variables, a, targets, chunk=128)
+        split = cams.ablation_weights(tap.tail_fn, tap.variables, a, targets, chunk=128,
+                                      entry=(tap.entry_fn, tap.exit_fn, tap.entry_terms))
+        np.testing.assert_allclose(split, whole, atol=1e-4 * float(jnp.abs(whole).max()))

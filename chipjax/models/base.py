@@ -46,6 +46,10 @@ class ArchSpec:
       channelwise_units: units whose output channel k depends on input channel k alone (depthwise
         convolution + BN + activation, pooling) with the channel count kept; a tap right before a run
         of them gets that run as its channel-wise prefix (:func:`chipjax.tap.channel_mask_site`).
+      entry: ``unit index -> ((parameter path of a (1, 1, K, O) kernel or None, stride), ...)`` where that
+        unit's module takes ``part="entry"`` / ``"exit"``: its first products of its input, linear in it
+        (a kernel: ``x[:, ::s, ::s] @ W``; None: ``x`` itself), and the rest from them. A tap right before
+        such a unit ablates one channel as a rank-1 update of the entry (``Tap.entry_terms``); else None.
     """
 
     name: str
@@ -62,6 +66,7 @@ class ArchSpec:
     convert: Callable[[Mapping[str, np.ndarray]], Variables] | None = None
     key_table: Callable[[], Mapping[str, Any]] | None = None
     channelwise_units: frozenset[str] = frozenset()
+    entry: Callable[[int], tuple | None] | None = None
 
 
 def tap_names(units: Sequence[str], aliases: Mapping[str, str]) -> list[str]:
@@ -157,7 +162,18 @@ class Model:
         while cut < len(units) - 1 and units[cut] in self.spec.channelwise_units:
             cut += 1
         if cut == split:
-            return Tap(layer=name, head_fn=head_fn, tail_fn=tail_fn, variables=self.variables)
+            terms = None if self.spec.entry is None else self.spec.entry(split)
+            if terms is None:
+                return Tap(layer=name, head_fn=head_fn, tail_fn=tail_fn, variables=self.variables)
+
+            def entry_fn(variables, a):
+                return module.apply(variables, a, start=split, part="entry")
+
+            def exit_fn(variables, e):
+                return module.apply(variables, e, start=split, part="exit")
+
+            return Tap(layer=name, head_fn=head_fn, tail_fn=tail_fn, variables=self.variables, entry_fn=entry_fn,
+                       exit_fn=exit_fn, entry_terms=terms)
 
         def prefix_fn(variables, a):
             return module.apply(variables, a, start=split, stop=cut)

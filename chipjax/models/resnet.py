@@ -86,16 +86,50 @@ class Bottleneck(nn.Module):
     width_per_group: int = 64
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x, part: str = "all"):
+        """``part="all"``: the block. ``"entry"``: the products that read the block input —
+        ``(conv1(x), downsample conv(x) or x)``, both linear in x (see :data:`ENTRY_PARTS`);
+        ``"exit"``: the rest of the block from that pair."""
         out = self.features * EXPANSION["bottleneck"]
         width = int(self.features * (self.width_per_group / 64.0)) * self.groups
-        y = conv2d(width, 1, use_bias=False, name="conv1")(x)
+        if part == "exit":
+            y, skip = x
+        else:
+            y = conv2d(width, 1, use_bias=False, name="conv1")(x)
+            skip = conv2d(out, 1, self.stride, 0, use_bias=False, name="downsample.0")(x) if self.downsample else x
+            if part == "entry":
+                return y, skip
         y = nn.relu(BatchNorm(name="bn1")(y))
         y = conv2d(width, 3, self.stride, 1, use_bias=False, groups=self.groups, name="conv2")(y)
         y = nn.relu(BatchNorm(name="bn2")(y))
         y = conv2d(out, 1, use_bias=False, name="conv3")(y)
         y = BatchNorm(name="bn3")(y)
-        return nn.relu(y + _shortcut(x, out, self.stride, self.downsample))
+        if self.downsample:
+            skip = BatchNorm(name="downsample.1")(skip)
+        return nn.relu(y + skip)
+
+
+def bottleneck_entry_terms(block: "Bottleneck") -> tuple[tuple[str | None, int], ...]:
+    """A Bottleneck's entry (``part="entry"``) as products of its input, one ``(name of its 1×1 kernel,
+    stride)`` per output: ``conv1``, then the shortcut's ``downsample.0`` (or ``None``: the input itself)."""
+    return (("conv1", 1), ("downsample.0", block.stride) if block.downsample else (None, 1))
+
+
+def resnet_entry(plan) -> Callable[[int], tuple | None]:
+    """``unit index -> ((parameter path of a (1, 1, K, O) kernel or None, stride), ...)`` when that unit is a
+    Bottleneck (its entry is linear in its input: ``ArchSpec.entry``), else None."""
+
+    def entry(i: int):
+        if i >= len(plan):
+            return None
+        factory = plan[i][1]
+        cls = factory.func if isinstance(factory, functools.partial) else factory
+        if cls is not Bottleneck:
+            return None
+        terms = bottleneck_entry_terms(factory())
+        return tuple((None if name is None else (f"units_{i}", name, "kernel"), stride) for name, stride in terms)
+
+    return entry
 
 
 def _shortcut(x: jax.Array, features: int, stride: int, downsample: bool) -> jax.Array:
@@ -151,8 +185,15 @@ class ResNet(nn.Module):
         plan = resnet_plan(self.depth, self.num_classes, self.groups, self.width_per_group)
         self.units = [make() for _, make in plan]
 
-    def __call__(self, x: jax.Array, start: int = 0, stop: int | None = None) -> jax.Array:
-        for unit in self.units[start:stop]:
+    def __call__(self, x: jax.Array, start: int = 0, stop: int | None = None, part: str = "all") -> jax.Array:
+        """``units[start:stop]``; ``part="entry"``: only the entry of the Bottleneck ``units[start]``;
+        ``part="exit"``: ``x`` is that entry, and the rest of ``units[start]`` and ``units[start + 1:stop]`` run."""
+        if part == "entry":
+            return self.units[start](x, part="entry")
+        units = self.units[start:stop]
+        if part == "exit":
+            x, units = units[0](x, part="exit"), units[1:]
+        for unit in units:
             x = unit(x)
         return x
 
@@ -200,5 +241,6 @@ def resnet_spec(depth: int) -> ArchSpec:
         default_layer="layer4",
         stage_layers=("layer2", "layer3", "layer4"),
         channelwise_units=channelwise_units(resnet_plan(depth)),
+        entry=resnet_entry(resnet_plan(depth)),
     )
     return with_torch_keys(spec, STEM_PREFIX)
