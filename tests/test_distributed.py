@@ -114,9 +114,17 @@ EIGHT_DEVICES_BASELINES = TINY + textwrap.dedent("""
     x = jnp.asarray(IMAGES[:3])
     targets = jnp.array([0, 2, 3])
     one = (jax.local_devices()[0],)
+    # a tail with a linear entry (a 1x1 product and the identity): Ablation-CAM's rank-1 path
+    EV = {"params": {"lin": {"kernel": rng.normal(size=(1, 1, K, 5)).astype(np.float32)}}, "V": VARIABLES["V"]}
+    entry_fn = lambda v, a: (a @ v["params"]["lin"]["kernel"][0, 0], a)
+    exit_fn = lambda v, e: jnp.tanh(e[0].mean(axis=(1, 2))).sum(-1, keepdims=True) + e[1].mean(axis=(1, 2)) @ v["V"]
+    entry = (entry_fn, exit_fn, ((("lin", "kernel"), 1), (None, 1)))
+    whole_fn = lambda v, a: exit_fn(v, entry_fn(v, a))
     out = {}
     for chunk in (1, 4):  # 6 channels over 8 devices: padded; chunks of 1 and more
         for name, fn in [
+            ("ablation_entry", lambda d: cams.ablation_weights(whole_fn, EV, x, targets, chunk=chunk, devices=d,
+                                                               entry=entry)),
             ("ablation", lambda d: cams.ablation_weights(tail_fn, VARIABLES, x, targets, chunk=chunk, devices=d)),
             ("scorecam", lambda d: cams.scorecam_weights(head_fn, tail_fn, VARIABLES, x, x, targets, chunk=chunk,
                                                          devices=d)),
@@ -125,6 +133,9 @@ EIGHT_DEVICES_BASELINES = TINY + textwrap.dedent("""
         ]:
             many, single = fn(None), fn(one)
             out[f"{name}_{chunk}"] = float(jnp.max(jnp.abs(many - single)) / (jnp.max(jnp.abs(single)) + 1e-30))
+    plain = cams.ablation_weights(whole_fn, EV, x, targets, chunk=4)
+    split = cams.ablation_weights(whole_fn, EV, x, targets, chunk=4, entry=entry)
+    out["entry_vs_whole_tail"] = float(jnp.max(jnp.abs(split - plain)) / jnp.max(jnp.abs(plain)))
     jaxpr = str(jax.make_jaxpr(lambda x: cams.ablation_weights(tail_fn, VARIABLES, x, targets, chunk=2))(x))
     out["sharded"] = "shard_map" in jaxpr
     print(json.dumps(out))
@@ -137,7 +148,7 @@ def test_every_baseline_on_the_engine_gives_the_same_result_on_eight_devices_as_
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result.pop("sharded") is True
-    assert len(result) == 6
+    assert len(result) == 9
     for name, err in result.items():
         assert err < 1e-5, (name, err)
 
