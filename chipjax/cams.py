@@ -145,8 +145,8 @@ def ablation_weights(tail_fn: Callable, variables: Any, features: jax.Array, tar
         operands = perturb.cast_floating((variables, features), compute_dtype)
     else:
         entry_fn, exit_fn, terms = entry
-        E = jax.jit(entry_fn)(variables, features)
-        y = target_scores(jax.jit(exit_fn)(variables, E), targets, score)
+        E = entry_fn(variables, features)
+        y = target_scores(exit_fn(variables, E), targets, score)
 
         def ablated(operands, idx):  # (c,) -> (c, B)
             variables, features, E = operands

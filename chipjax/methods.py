@@ -212,10 +212,10 @@ def _refined(model, x, layers, target, labels, options: RefinedChipOptions):
     deepest = taps[-1].head(x)
     logits = taps[-1].tail(deepest)
     targets = resolve_targets(target, logits, labels)
+    features = [t.head(x) for t in taps[:-1]] + [deepest]
     per_layer = [options] * len(taps)
     if options.num_masks != "auto":
-        channels = [jax.eval_shape(t.head_fn, t.variables, x).shape[-1] for t in taps[:-1]] + [deepest.shape[-1]]
-        counts = chip.layer_mask_counts(int(options.num_masks), channels, options.layer_masks)
+        counts = chip.layer_mask_counts(int(options.num_masks), [a.shape[-1] for a in features], options.layer_masks)
         per_layer = [dataclasses.replace(options, num_masks=n) for n in counts]
-    maps = [chip.chip_maps_with(t, x, targets, o, deepest if t is taps[-1] else None) for t, o in zip(taps, per_layer)]
+    maps = [chip.chip_maps_with(t, x, targets, o, a) for t, o, a in zip(taps, per_layer, features)]
     return Explanation(chip.fuse_maps(maps, options.fusion), logits, targets)

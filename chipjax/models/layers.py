@@ -357,16 +357,20 @@ class AvgPoolFlatten(nn.Module):
         return flatten_chw(adaptive_avg_pool2d(x, self.output_size))
 
 
+def plan_unit_class(factory: Callable[[], nn.Module]) -> type:
+    """The module class a plan's unit factory builds (the class itself, or a ``functools.partial`` of it)."""
+    return factory.func if isinstance(factory, functools.partial) else factory
+
+
 def channelwise_units(plan: Sequence[tuple[str, Callable[[], nn.Module]]]) -> frozenset[str]:
     """Names of a plan's units that act on each channel alone and keep ``(B, ..., K)``: ``BatchNorm``,
     ``ReLU``, ``MaxPool2d`` and the global ``AvgPoolFlatten((1, 1))`` (``ArchSpec.channelwise_units``).
     ``AvgPoolFlatten`` to a larger grid flattens channels and pixels together (VGG), so it is not one."""
 
     def channelwise(factory) -> bool:
-        cls = factory.func if isinstance(factory, functools.partial) else factory
+        cls = plan_unit_class(factory)
         if cls is AvgPoolFlatten:
             return tuple(factory.keywords.get("output_size", ())) == (1, 1)
         return cls in (BatchNorm, ReLU, MaxPool2d)
 
     return frozenset(name for name, factory in plan if channelwise(factory))
-

@@ -23,7 +23,7 @@ import jax
 from ..errors import ModelError
 from .base import ArchSpec
 from .keymap import KeyEntry, convert_state_dict, with_torch_keys
-from .layers import AvgPoolFlatten, BatchNorm, MaxPool2d, channelwise_units, conv2d, dense
+from .layers import AvgPoolFlatten, BatchNorm, MaxPool2d, channelwise_units, conv2d, dense, plan_unit_class
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, mean_std_normalize, resize_crop_view
 
 #: depth -> (block kind, blocks per stage), as torchvision builds them.
@@ -88,7 +88,7 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x, part: str = "all"):
         """``part="all"``: the block. ``"entry"``: the products that read the block input —
-        ``(conv1(x), downsample conv(x) or x)``, both linear in x (see :data:`ENTRY_PARTS`);
+        ``(conv1(x), downsample conv(x) or x)``, both linear in x (:func:`bottleneck_entry_terms`);
         ``"exit"``: the rest of the block from that pair."""
         out = self.features * EXPANSION["bottleneck"]
         width = int(self.features * (self.width_per_group / 64.0)) * self.groups
@@ -123,8 +123,7 @@ def resnet_entry(plan) -> Callable[[int], tuple | None]:
         if i >= len(plan):
             return None
         factory = plan[i][1]
-        cls = factory.func if isinstance(factory, functools.partial) else factory
-        if cls is not Bottleneck:
+        if plan_unit_class(factory) is not Bottleneck:
             return None
         terms = bottleneck_entry_terms(factory())
         return tuple((None if name is None else (f"units_{i}", name, "kernel"), stride) for name, stride in terms)
@@ -227,7 +226,8 @@ def resnet_variant_spec(name: str) -> ArchSpec:
 def resnet_spec(depth: int) -> ArchSpec:
     """The :class:`ArchSpec` of torchvision's ``resnet{depth}`` (ImageNet: 224 px, resize 256, mean/std)."""
     kind, blocks = _config(depth)
-    units = tuple(name for name, _ in resnet_plan(depth))
+    plan = resnet_plan(depth)
+    units = tuple(name for name, _ in plan)
     aliases = {f"layer{s}": f"layer{s}.{n - 1}" for s, n in enumerate(blocks, start=1)}
     spec = ArchSpec(
         name=f"resnet{depth}",
@@ -240,7 +240,7 @@ def resnet_spec(depth: int) -> ArchSpec:
         pretrained=None,
         default_layer="layer4",
         stage_layers=("layer2", "layer3", "layer4"),
-        channelwise_units=channelwise_units(resnet_plan(depth)),
-        entry=resnet_entry(resnet_plan(depth)),
+        channelwise_units=channelwise_units(plan),
+        entry=resnet_entry(plan),
     )
     return with_torch_keys(spec, STEM_PREFIX)
