@@ -65,8 +65,7 @@ def main(argv=None):
     body = common.table(["images", "masks", "perturbed nets", "peak RSS growth MiB", "RSS before MiB", "seconds"], rows)
     notes = ("EfficientNet-Lite0 (random init) `head`, K = 1280, batches of 8 images, chunk 256 evaluations, 50 classes; "
              "growth = peak RSS while adding every batch after the first (sampled every 1 ms) − RSS before them.")
-    print(body + "\n\n" + notes)
-    common.append_section("class_fit_memory", body + "\n\n" + notes, write=not args.no_write)
+    common.report("class_fit_memory", body, notes, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -271,6 +271,13 @@ def append_section(title: str, body: str, *, write: bool = True, path: Path = RE
     return text
 
 
+def report(title: str, body: str, notes: str, *, write: bool = True) -> str:
+    """Print a benchmark's table ``body`` and its ``notes``, and append both as one section (:func:`append_section`)."""
+    text = body + "\n\n" + notes
+    print(text)
+    return append_section(title, text, write=write)
+
+
 def standard_args(parser) -> None:
     """``--quick``, ``--reps``, ``--no-write`` (every benchmark takes them)."""
     parser.add_argument("--quick", action="store_true", help="small sizes that finish in minutes on 2 CPU cores")

@@ -102,9 +102,7 @@ def main(argv=None):
              "(threshold 0.2, IoU 0.5) of the seed-0 maps; s / image = the faster of the two seeds' batched runs "
              f"({n_images} images per call). Auto: rounds of 256 masks, alternately into two halves, stop at predicted "
              "stability 0.99 (Spearman-Brown of the split-half map correlation) or 8192 masks; one image per call.")
-    print(body)
-    print(notes)
-    common.append_section("mask_designs", body + "\n\n" + notes, write=not args.no_write)
+    common.report("mask_designs", body, notes, write=not args.no_write)
 
 
 if __name__ == "__main__":

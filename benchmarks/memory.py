@@ -83,9 +83,7 @@ def main(argv=None):
     notes = ("sweep peak = peak RSS during the (precompiled) sweep − RSS before it, sampled every 1 ms; process "
              "peak = ru_maxrss of the subprocess (imports, weights, compilation included); estimate = "
              "chipjax.perturb.tail_memory's fixed + chunk · (B · per_eval + per_mask), what memory_budget plans with.")
-    print(body)
-    print(notes)
-    common.append_section("memory", body + "\n\n" + notes, write=not args.no_write)
+    common.report("memory", body, notes, write=not args.no_write)
     return rows
 
 

@@ -170,8 +170,7 @@ def main(argv=None):
              "pixels tie: the metrics that order pixels (ROAD, deletion/insertion, relevance rank) then differ only by "
              "float rounding; on the raw maps they differ where the ReLU left plateaus of zeros, whose order each "
              "implementation breaks its own way (a different, equally valid pixel order).")
-    print(body + "\n\n" + notes)
-    common.append_section("metric_parity", body + "\n\n" + notes, write=not args.no_write)
+    common.report("metric_parity", body, notes, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -210,9 +210,7 @@ def main(argv=None) -> list[dict]:
              f"{'the top class (image-level CHIP)' if args.classes == 'one' else 'all 1000 classes'}. "
              f"Medians of {reps} interleaved repetitions after one warm-up; ours/plain is the median of "
              "per-repetition ratios.")
-    print(body)
-    print(notes)
-    common.append_section(" ".join(["perturb_throughput", args.label]).strip(), body + "\n\n" + notes, write=not args.no_write)
+    common.report(" ".join(["perturb_throughput", args.label]).strip(), body, notes, write=not args.no_write)
     return rows
 
 

@@ -74,9 +74,7 @@ def main(argv=None):
              f"{reps} interleaved repetitions, median. Seed r: Spearman r between the fused maps of mask seeds "
              f"0 and 1 on the first {n_images} bundled composites (seed 0, top-1 class); pointing (15 px tolerance) "
              "and box accuracy (threshold 0.2, IoU 0.5) of the seed-0 maps.")
-    print(body)
-    print(notes)
-    common.append_section("refined_chip", body + "\n\n" + notes, write=not args.no_write)
+    common.report("refined_chip", body, notes, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -174,9 +174,7 @@ def main(argv=None):
              "median of interleaved repetitions after compilation. sklearn: float64 coordinate descent with the "
              "precomputed Gram, timed on a subset of classes and scaled linearly to C. 'excess obj.' = "
              "(sklearn objective − ours) / Var(y) per class: ≥ 0 means ours reached an objective at least as low.")
-    print(body)
-    print(notes)
-    common.append_section("solver", body + "\n\n" + notes, write=not args.no_write)
+    common.report("solver", body, notes, write=not args.no_write)
     return rows
 
 

@@ -172,9 +172,7 @@ def main(argv=None):
              + f". torch threads {args.threads}. 'time / CHIP's' > 1: slower than chipjax CHIP (median of "
              f"per-repetition ratios, {reps} interleaved repetitions after a warm-up). CHIP's time includes the head, "
              "the statistics, the lasso and the heat map; the torch tail loop only scores the masks.")
-    print(body)
-    print(notes)
-    common.append_section("vs_pytorch", body + "\n\n" + notes, write=not args.no_write)
+    common.report("vs_pytorch", body, notes, write=not args.no_write)
     return rows
 
 

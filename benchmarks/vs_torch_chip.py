@@ -294,9 +294,7 @@ def main(argv=None):
              "torch CHIP at the fixed count. AblationCAM rows: ms / eval is per perturbed evaluation (each a full "
              "forward pass up to the ablated layer and the tail); chipjax AblationCAM ablates every channel once (the "
              "tail only, on the engine).")
-    print(body)
-    print(notes)
-    common.append_section("vs_torch_chip", body + "\n\n" + notes, write=not args.no_write)
+    common.report("vs_torch_chip", body, notes, write=not args.no_write)
     return rows
 
 
