@@ -118,11 +118,12 @@ def default_chunk(num_masks: int, batch: int, evals_per_step: int = DEFAULT_EVAL
 #: ms per evaluation, 16 vs their old default: Ablation-CAM at ResNet-50 ``layer3`` 13.3 vs 18.7 (256),
 #: Score-CAM on Lite0 (whole network) 11.5 vs 13.3 (64), RISE 10.6 vs 11.3 (64).
 HEAVY_TAIL_FLOPS = 5e7
-#: The smallest step of a heavy tail on CPU. On a 2-core AVX-512 CPU (2026-12-03), ms per evaluation at
-#: 8 vs 16 per step: ResNet-50 ``layer3`` 4.3 vs 5.0 (bf16 2.6 vs 3.2), ResNet-18 ``layer3`` 2.2 vs 2.7,
-#: Lite0 ``blocks.5.expand`` 2.2 vs 2.9; ``blocks.11.expand``, ``blocks.15.expand``, ResNet-50 ``layer2``
-#: equal within noise; 4 per step is slower again (ResNet-50 ``layer3`` 4.8).
-HEAVY_TAIL_EVALS = 8
+#: The smallest step of a heavy tail on CPU. Re-measured on a second instance of the 2-core AVX-512 CPU
+#: (2026-12-07, with :func:`~chipjax.models.layers.conv_winograd`), ms per evaluation at 8 / 16 / 32 per
+#: step: ResNet-50 ``layer3`` 3.70 / 3.55 / 3.63, ``layer2`` 10.35 / 10.09 / 10.67, ResNet-18 ``layer3``
+#: 1.63 / 1.54 / 1.63, Lite0 ``blocks.5.expand`` 2.24 / 2.19 / 2.18, ``blocks.11.expand`` 0.95 / 0.92 /
+#: 0.94. (The first instance, 2026-12-03, without Winograd: ResNet-50 ``layer3`` 4.3 at 8 against 5.0 at 16.)
+HEAVY_TAIL_EVALS = 16
 #: FLOPs per byte of tail weights a heavy step must reach, so that reading the weights once per step is
 #: small next to the arithmetic (about 4× this CPU's FLOP-per-byte balance). VGG-16 ``features.28``,
 #: whose tail is 0.5 GB of fully connected weights for 0.25 GFLOP per evaluation, gets 128 per step:

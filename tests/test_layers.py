@@ -186,6 +186,43 @@ def test_im2col_rule_small_outputs_on_cpu_only_dense_kernels():
     assert not use_im2col((14, 14), (3, 3))
 
 
+@pytest.mark.parametrize("shape, pad", [((2, 7, 7, 8), 1), ((1, 1, 1, 4), 1), ((3, 6, 9, 5), 0), ((2, 5, 4, 3), 2),
+                                        ((1, 3, 4, 4), 0), ((2, 14, 13, 16), 1)])
+def test_conv_winograd_matches_torch(rng, shape, pad):
+    # odd and even outputs (a padded last tile), outputs smaller than a tile, no and wide padding
+    x = rng.standard_normal(shape).astype(np.float32)
+    tconv = torch.nn.Conv2d(shape[-1], 6, 3, 1, pad, bias=False)
+    k = tconv.weight.detach().numpy().transpose(2, 3, 1, 0)
+    got = layers.conv_winograd(jnp.asarray(x), jnp.asarray(k), (pad, pad))
+    ref = _nhwc(tconv(_nchw(x)))
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(got), ref, atol=ATOL, rtol=1e-5)
+
+
+def test_conv2d_takes_winograd_for_wide_stride1_3x3_on_cpu(rng):
+    # 256 channels in at 7×7: the Winograd path on CPU (its own rounding); torch decides
+    tconv = torch.nn.Conv2d(256, 8, 3, 1, 1, bias=True)
+    x = rng.standard_normal((2, 7, 7, 256)).astype(np.float32)
+    params = {"kernel": tconv.weight.detach().numpy().transpose(2, 3, 1, 0), "bias": tconv.bias.detach().numpy()}
+    assert layers.use_winograd(x.dtype, params["kernel"].shape, (1, 1), (7, 7)) == (jax.default_backend() == "cpu")
+    ours = layers.conv2d(8, 3, 1, 1).apply({"params": params}, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(ours), _nhwc(tconv(_nchw(x))), atol=1e-4, rtol=1e-5)
+
+
+def test_winograd_rule_needs_float32_stride1_3x3_and_wide_inputs():
+    cpu = jax.default_backend() == "cpu"
+    wide, thin = layers.WINOGRAD_MIN_CHANNELS_CPU, layers.WINOGRAD_MIN_CHANNELS_SMALL_CPU
+    assert layers.use_winograd(jnp.float32, (3, 3, wide, 8), (1, 1), (112, 112)) == cpu
+    assert layers.use_winograd(jnp.float32, (3, 3, thin, 8), (1, 1), (28, 28)) == cpu
+    assert not layers.use_winograd(jnp.float32, (3, 3, thin, 8), (1, 1), (56, 56))  # large and thin: XLA's kernel
+    assert not layers.use_winograd(jnp.float32, (3, 3, thin // 2, 8), (1, 1), (7, 7))
+    assert not layers.use_winograd(jnp.bfloat16, (3, 3, wide, 8), (1, 1), (7, 7))
+    assert not layers.use_winograd(jnp.float32, (3, 3, wide, 8), (2, 2), (7, 7))
+    assert not layers.use_winograd(jnp.float32, (1, 1, wide, 8), (1, 1), (7, 7))
+    assert not layers.use_winograd(jnp.float32, (5, 5, wide, 8), (1, 1), (7, 7))
+    assert not layers.use_winograd(jnp.float32, (3, 3, 1, wide), (1, 1), (7, 7), groups=wide)
+
+
 def test_matmul_last_accumulates_bfloat16_in_float32():
     from chipjax.models.layers import accumulation_dtype, matmul_last
 
