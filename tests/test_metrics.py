@@ -581,12 +581,16 @@ def test_rise_blur_is_a_zero_padded_convolution(rng):
 
 
 def test_bootstrap_interval_agrees_with_scipy(rng):
-    values = (rng.random(40) < 0.6).astype(float)
-    lo, hi = M.bootstrap_interval(values, n_resamples=4000, seed=0)
-    ref = scipy.stats.bootstrap((values,), np.mean, n_resamples=4000, method="percentile", random_state=0)
-    assert lo == pytest.approx(ref.confidence_interval.low, abs=0.02)
-    assert hi == pytest.approx(ref.confidence_interval.high, abs=0.02)
+    # continuous values and many resamples: the two percentile intervals differ only by their resampling noise
+    # (about 0.1 standard errors of the mean here), not by the 1/B steps a small binary sample would quantise to
+    values = rng.random(200)
+    lo, hi = M.bootstrap_interval(values, n_resamples=20000, seed=0)
+    ref = scipy.stats.bootstrap((values,), np.mean, n_resamples=20000, method="percentile", random_state=0)
+    se = values.std(ddof=1) / np.sqrt(values.size)
+    assert lo == pytest.approx(ref.confidence_interval.low, abs=0.25 * se)
+    assert hi == pytest.approx(ref.confidence_interval.high, abs=0.25 * se)
     assert lo < values.mean() < hi
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.1)
 
 
 def test_bootstrap_interval_deterministic_and_statistic(rng):
