@@ -93,11 +93,14 @@ def solve_shared(stats: st.Stats, lam_ratio: float, *, nonneg: bool = False, lip
                          W0=None if W0 is None else W0.T, max_iter=max_iter).T
 
 
-def stream_lipschitz(stats: st.Stats, identity: tuple | None) -> jax.Array | None:
-    """Top eigenvalue of the stats' ``G``, once per mask stream (None under a trace: the solver computes it)."""
+def stream_lipschitz(stats: st.Stats, identity: tuple | None, name: str = "lipschitz") -> jax.Array | None:
+    """Top eigenvalue of the stats' ``G``, once per mask stream ``identity`` and ``name`` (None under a
+    trace: the solver computes it). ``name`` tells apart the mask sets a stream's entry identifies:
+    ``"lipschitz"`` its own masks; for ``num_masks="auto"`` (identity: the last round)
+    ``"lipschitz/half"`` every other round up to this one, ``"lipschitz/all"`` every round up to it."""
     if identity is None:
         return None
-    return perturb.cached_for_stream(identity, "lipschitz", lambda: solvers.top_eigenvalue(st.gram(stats)))
+    return perturb.cached_for_stream(identity, name, lambda: solvers.top_eigenvalue(st.gram(stats)))
 
 
 def image_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Array, *, num_masks: int,
@@ -134,6 +137,13 @@ _merge_shared = jax.jit(jax.vmap(st.merge, in_axes=(perturb.SHARED_AXES, perturb
                                  out_axes=perturb.SHARED_AXES))
 
 
+def _round_identity(key: jax.Array, num_masks: int, num_channels: int, first: int, options: dict) -> tuple | None:
+    """:func:`chipjax.perturb.stream_identity` of one ``num_masks``-mask round of ``num_masks="auto"``."""
+    return perturb.stream_identity(key, num_masks=num_masks, num_channels=num_channels, first=first,
+                                   keep_prob=options.get("keep_prob", DEFAULTS["keep_prob"]),
+                                   design=options.get("design", DEFAULTS["design"]))
+
+
 def split_half_stability(maps_a: jax.Array, maps_b: jax.Array) -> np.ndarray:
     """Predicted seed stability ``2r / (1 + r)`` (Spearman-Brown) from the rank correlation r of two
     maps ``(B, S, S)`` made from disjoint halves of the masks: ``(B,)``."""
@@ -162,7 +172,9 @@ def auto_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Arr
 
     The halves' checks solve to :data:`AUTO_CHECK_TOL` in at most :data:`AUTO_CHECK_ITERS` FISTA
     iterations, each warm-started from the half's previous solution (a stopping test needs the map,
-    not the last digit of W); the final weights are solved to :data:`SOLVER_TOL`.
+    not the last digit of W); the final weights are solved to :data:`SOLVER_TOL`. The Lipschitz
+    constant of every half and of the union depends on the masks alone, so it is kept per mask
+    stream (:func:`stream_lipschitz`): images explained with one seed compute it once.
     """
     if not 0.0 < float(stability) < 1.0:
         raise InputError(f"stability must lie strictly between 0 and 1, got {stability!r}")
@@ -180,13 +192,16 @@ def auto_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Arr
             part = perturb.shared_perturbation_stats(tail_fn, variables, site, key, num_masks=round_masks,
                                                      classes=targets[:, None], first=used, **options)
             halves[h] = part if halves[h] is None else _merge_shared(halves[h], part)
+            last = _round_identity(key, round_masks, features.shape[-1], used, options)
             checks[h] = solve_shared(halves[h], lam_ratio, nonneg=nonneg, W0=checks[h], max_iter=AUTO_CHECK_ITERS,
-                                     tol=AUTO_CHECK_TOL)
+                                     tol=AUTO_CHECK_TOL, lipschitz=stream_lipschitz(halves[h], last, "lipschitz/half"))
             used += round_masks
         predicted = split_half_stability(*(heatmap(features, W, size) for W in checks))
         if predicted.min() >= stability or used + 2 * round_masks > max_masks:
             break
-    W = solve_shared(_merge_shared(*halves), lam_ratio, nonneg=nonneg, W0=(checks[0] + checks[1]) / 2)
+    merged = _merge_shared(*halves)
+    W = solve_shared(merged, lam_ratio, nonneg=nonneg, W0=(checks[0] + checks[1]) / 2,
+                     lipschitz=stream_lipschitz(merged, last, "lipschitz/all"))
     log.info("CHIP num_masks=auto: %d masks (predicted stability min %.3f, target %.3f)", used, predicted.min(),
              stability)
     return ImageFit(weights=W, num_masks=used, stability=predicted)

@@ -81,6 +81,28 @@ def test_explain_path_computes_the_mask_gram_and_lipschitz_once_per_stream():
     assert perturb.STREAM_COMPUTATIONS["gram"] - before.get("gram", 0) == 2  # a new seed is a new stream
 
 
+def test_auto_computes_each_lipschitz_once_per_stream():
+    """num_masks="auto": a second image with the same seed reuses every half's and the union's Lipschitz constant."""
+    from chipjax import perturb
+
+    V, A, _ = planted_problem()
+    tap = linear_tap(V)
+    kw = dict(round_masks=32, max_masks=128, stability=0.999999, score="logit", lam_ratio=0.01)
+    perturb.clear_mask_cache()
+    before = perturb.STREAM_COMPUTATIONS.copy()
+    first = chip.auto_weights(tap, jnp.asarray(A), jnp.array([2]), jax.random.key(0), (H, H), **kw)
+    counted = {name: perturb.STREAM_COMPUTATIONS[name] - before[name] for name in ("lipschitz/half", "lipschitz/all")}
+    assert first.num_masks == 128 and counted == {"lipschitz/half": 4, "lipschitz/all": 1}  # 2 checks × 2 halves
+    feats = jnp.asarray(np.random.default_rng(3).uniform(0.5, 1.5, A.shape).astype(np.float32))
+    again = perturb.STREAM_COMPUTATIONS.copy()
+    second = chip.auto_weights(tap, feats, jnp.array([1]), jax.random.key(0), (H, H), **kw)
+    assert all(perturb.STREAM_COMPUTATIONS[n] == again[n] for n in ("lipschitz/half", "lipschitz/all", "gram"))
+    # the cached constants give the weights a fresh computation gives
+    perturb.clear_mask_cache()
+    fresh = chip.auto_weights(tap, feats, jnp.array([1]), jax.random.key(0), (H, H), **kw)
+    np.testing.assert_array_equal(np.asarray(second.weights), np.asarray(fresh.weights))
+
+
 def test_batched_solve_equals_separate_lasso_per_image():
     """One multi-output lasso on the shared G == B single-output lassos (solvers.chip_weights on the batched stats)."""
     from chipjax import perturb, solvers
