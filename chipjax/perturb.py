@@ -125,10 +125,13 @@ HEAVY_TAIL_FLOPS = 5e7
 #: 0.94. (The first instance, 2026-12-03, without Winograd: ResNet-50 ``layer3`` 4.3 at 8 against 5.0 at 16.)
 HEAVY_TAIL_EVALS = 16
 #: FLOPs per byte of tail weights a heavy step must reach, so that reading the weights once per step is
-#: small next to the arithmetic (about 4× this CPU's FLOP-per-byte balance). VGG-16 ``features.28``,
-#: whose tail is 0.5 GB of fully connected weights for 0.25 GFLOP per evaluation, gets 128 per step:
-#: 0.82 ms per evaluation against 1.57 at 16 and 2.3 at 8.
-STEP_WEIGHT_INTENSITY = 64.0
+#: small next to the arithmetic. VGG-16 ``features.28``, whose tail is 0.5 GB of fully connected weights
+#: for 0.25 GFLOP per evaluation, gets the default step (measured 2026-12-03: 0.82 ms per evaluation at
+#: 128 per step against 1.57 at 16 and 2.3 at 8). 160 (2026-12-07, 64 before): Lite0 ``blocks.15.expand``
+#: (79 MFLOP and 8.5 MB of weights, 5 MB of them its classifier, per evaluation) then steps 32, not 16 —
+#: explain, 2 048 masks, three alternating processes, ms at 16 / 32 / 64 per step: 479–482 / 448–453 /
+#: 457–459; every other tap measured above keeps 16 (their tails need 16 or fewer at 160).
+STEP_WEIGHT_INTENSITY = 160.0
 #: Evaluations per step of a light tail on CPU. Same CPU and date, ms per 2 048-mask sweep at
 #: 32 / 64 / 128 / 256 / 512 masks per step (B = 1): Lite0 ``head`` 39.9 / 34.4 / 31.9 / 42.5 / 38.7,
 #: ResNet-50 ``layer4`` 54.4 / 52.6 / 50.5 / 72.2 / 63.6.

@@ -311,10 +311,16 @@ def test_heavy_tails_with_big_weights_take_steps_that_amortise_them():
     features = jnp.ones((1, 16, 16, 64))
     cost = perturb.tail_cost(tail, big, features)
     assert cost.flops >= perturb.HEAVY_TAIL_FLOPS and cost.weight_bytes == big.size * 4
-    # 64 FLOP per byte × 100 MB / 50 MFLOP = 128 evaluations per step (8 → 16 → … → 128)
-    assert perturb.STEP_WEIGHT_INTENSITY == 64 and cost.flops == 2 * big.size
-    assert perturb.cpu_evals_per_step(tail, big, features, "cpu") == 128
+    # 160 FLOP per byte × 100 MB / 50 MFLOP = 320 evaluations per step: capped at the default 256
+    assert perturb.STEP_WEIGHT_INTENSITY == 160 and cost.flops == 2 * big.size
+    assert perturb.cpu_evals_per_step(tail, big, features, "cpu") == perturb.DEFAULT_EVALS_PER_STEP == 256
     assert perturb.cpu_evals_per_step(tail, big, features, "gpu") == perturb.DEFAULT_EVALS_PER_STEP
+    # a conv-like 134 MFLOP on 1 MB plus a 50 MB dense layer: 160 × 51.4 MB / 159 MFLOP ≈ 52 → 64 per step
+    conv, dense = jnp.zeros((64, 4096)), jnp.zeros((16 * 16 * 64, 768))
+    mixed = lambda v, a: jax.nn.relu(a @ v[0]).mean(axis=(1, 2)) + (a.reshape(a.shape[0], -1) @ v[1]).sum(-1, keepdims=True)  # noqa: E731,E501
+    mixed_cost = perturb.tail_cost(mixed, (conv, dense), features)
+    assert 40 < perturb.STEP_WEIGHT_INTENSITY * mixed_cost.weight_bytes / mixed_cost.flops <= 64
+    assert perturb.cpu_evals_per_step(mixed, (conv, dense), features, "cpu") == 64
 
 
 def test_heavy_tails_take_small_steps_on_cpu_only():
