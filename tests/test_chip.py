@@ -103,6 +103,16 @@ def test_auto_computes_each_lipschitz_once_per_stream():
     np.testing.assert_array_equal(np.asarray(second.weights), np.asarray(fresh.weights))
 
 
+def test_stream_cache_holds_one_auto_stream_of_the_widest_zoo_tap():
+    """A loop over images with num_masks="auto" reuses every round's Gram only if one whole stream fits the LRU:
+    at ResNet-50 layer4 (K = 2 048) the default cap is 32 rounds of 16 MiB Grams plus their scalar constants."""
+    from chipjax import perturb
+
+    rounds = chip.AUTO["max_masks"] // chip.AUTO["round_masks"]
+    assert rounds + 1 <= perturb.GRAM_CACHE_SIZE
+    assert rounds * (2048 * 2048 * 4 + 2 * 4) + 2048 * 2048 * 4 <= perturb.GRAM_CACHE_BYTES  # and one fixed stream
+
+
 def test_batched_solve_equals_separate_lasso_per_image():
     """One multi-output lasso on the shared G == B single-output lassos (solvers.chip_weights on the batched stats)."""
     from chipjax import perturb, solvers
