@@ -137,13 +137,6 @@ _merge_shared = jax.jit(jax.vmap(st.merge, in_axes=(perturb.SHARED_AXES, perturb
                                  out_axes=perturb.SHARED_AXES))
 
 
-def _round_identity(key: jax.Array, num_masks: int, num_channels: int, first: int, options: dict) -> tuple | None:
-    """:func:`chipjax.perturb.stream_identity` of one ``num_masks``-mask round of ``num_masks="auto"``."""
-    return perturb.stream_identity(key, num_masks=num_masks, num_channels=num_channels, first=first,
-                                   keep_prob=options.get("keep_prob", DEFAULTS["keep_prob"]),
-                                   design=options.get("design", DEFAULTS["design"]))
-
-
 def split_half_stability(maps_a: jax.Array, maps_b: jax.Array) -> np.ndarray:
     """Predicted seed stability ``2r / (1 + r)`` (Spearman-Brown) from the rank correlation r of two
     maps ``(B, S, S)`` made from disjoint halves of the masks: ``(B,)``."""
@@ -184,6 +177,7 @@ def auto_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Arr
     lam_ratio, nonneg = options.pop("lam_ratio", DEFAULTS["lam_ratio"]), options.pop("nonneg", DEFAULTS["nonneg"])
     targets = jnp.asarray(targets, jnp.int32)
     tail_fn, variables, site = channel_mask_site(tap, features)
+    mask_options = {name: options[name] for name in ("keep_prob", "design") if name in options}  # as the sweep's
     halves: list[st.Stats | None] = [None, None]
     checks: list[jax.Array | None] = [None, None]  # each half's weights, warm-starting the next check
     used, predicted = 0, np.zeros(features.shape[0])
@@ -192,7 +186,8 @@ def auto_weights(tap: Tap, features: jax.Array, targets: jax.Array, key: jax.Arr
             part = perturb.shared_perturbation_stats(tail_fn, variables, site, key, num_masks=round_masks,
                                                      classes=targets[:, None], first=used, **options)
             halves[h] = part if halves[h] is None else _merge_shared(halves[h], part)
-            last = _round_identity(key, round_masks, features.shape[-1], used, options)
+            last = perturb.stream_identity(key, num_masks=round_masks, num_channels=features.shape[-1], first=used,
+                                           **mask_options)
             checks[h] = solve_shared(halves[h], lam_ratio, nonneg=nonneg, W0=checks[h], max_iter=AUTO_CHECK_ITERS,
                                      tol=AUTO_CHECK_TOL, lipschitz=stream_lipschitz(halves[h], last, "lipschitz/half"))
             used += round_masks

@@ -518,7 +518,8 @@ _STREAM_CACHE: "OrderedDict[tuple, dict]" = OrderedDict()
 GRAM_CACHE_SIZE = 64
 GRAM_CACHE_BYTES = 640 * 2 ** 20
 #: How often each per-stream quantity was computed rather than taken from the cache, by name
-#: (``"gram"`` here, ``"lipschitz"`` in :mod:`chipjax.chip`): what tests count.
+#: (``"gram"`` here; ``"lipschitz"``, ``"lipschitz/half"``, ``"lipschitz/all"`` in
+#: :func:`chipjax.chip.stream_lipschitz`): what tests count.
 STREAM_COMPUTATIONS: Counter = Counter()
 
 

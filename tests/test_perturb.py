@@ -317,7 +317,10 @@ def test_heavy_tails_with_big_weights_take_steps_that_amortise_them():
     assert perturb.cpu_evals_per_step(tail, big, features, "gpu") == perturb.DEFAULT_EVALS_PER_STEP
     # a conv-like 134 MFLOP on 1 MB plus a 50 MB dense layer: 160 × 51.4 MB / 159 MFLOP ≈ 52 → 64 per step
     conv, dense = jnp.zeros((64, 4096)), jnp.zeros((16 * 16 * 64, 768))
-    mixed = lambda v, a: jax.nn.relu(a @ v[0]).mean(axis=(1, 2)) + (a.reshape(a.shape[0], -1) @ v[1]).sum(-1, keepdims=True)  # noqa: E731,E501
+
+    def mixed(v, a):
+        return jax.nn.relu(a @ v[0]).mean(axis=(1, 2)) + (a.reshape(a.shape[0], -1) @ v[1]).sum(-1, keepdims=True)
+
     mixed_cost = perturb.tail_cost(mixed, (conv, dense), features)
     assert 40 < perturb.STEP_WEIGHT_INTENSITY * mixed_cost.weight_bytes / mixed_cost.flops <= 64
     assert perturb.cpu_evals_per_step(mixed, (conv, dense), features, "cpu") == 64
